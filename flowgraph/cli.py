@@ -1,0 +1,173 @@
+"""The ``flowgraph`` command: parse arguments, call a function, map errors to exit codes.
+
+Exit codes: 0 ok, 1 a node failed, 2 usage or topology error, 130 / 143
+interrupted by SIGINT / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+from .errors import FlowgraphError, RunInterrupted
+from .loader import UserCodeError, load_topology
+from .plan import describe_plan
+from .report import RunReport
+from .runner import run
+
+
+def run_command(
+    target: str,
+    *,
+    inproc: bool = False,
+    params: Mapping[str, str] | None = None,
+    hwm: int | None = None,
+    quiet: bool = False,
+    metrics_json: str | None = None,
+) -> int:
+    """``flowgraph run``: run the topology named by ``target``; returns the exit code."""
+    with _errors_to_exit_codes() as outcome, _sigterm_interrupts():
+        report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm)
+        if not quiet:
+            print(report.summary(), file=sys.stderr)
+        if metrics_json:
+            with open(metrics_json, "w", encoding="utf-8") as file:
+                json.dump(_metrics(report), file, indent=2)
+    return outcome.code
+
+
+def check_command(target: str) -> int:
+    """``flowgraph check``: validate the topology and print its plan; starts nothing."""
+    with _errors_to_exit_codes() as outcome:
+        print(describe_plan(load_topology(target).check()))
+    return outcome.code
+
+
+def worker_command() -> int:
+    """``flowgraph worker``: run one replica configured on stdin (started by the launcher)."""
+    from ._bootstrap import main as worker_main
+
+    return worker_main()
+
+
+class _Outcome:
+    code = 0
+
+
+@contextmanager
+def _errors_to_exit_codes() -> Iterator[_Outcome]:
+    outcome = _Outcome()
+    try:
+        yield outcome
+    except UserCodeError as error:
+        cause = error.__cause__
+        assert cause is not None
+        print(f"flowgraph: error: importing {error.target} raised:", file=sys.stderr)
+        traceback.print_exception(type(cause), cause, cause.__traceback__.tb_next if cause.__traceback__ else None)
+        outcome.code = 2
+    except FlowgraphError as error:
+        print(f"flowgraph: error: {error}", file=sys.stderr)
+        outcome.code = error.exit_code
+    except KeyboardInterrupt:
+        print("flowgraph: interrupted", file=sys.stderr)
+        outcome.code = 128 + signal.SIGINT
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into ``RunInterrupted`` so the launcher stops every replica in order."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise RunInterrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _metrics(report: RunReport) -> dict[str, Any]:
+    return {
+        "topology": report.topology,
+        "mode": report.mode,
+        "startup_s": report.startup_s,
+        "wall_s": report.wall_s,
+        "nodes": {
+            node.name: {
+                "kind": node.kind,
+                "items_in": node.items_in,
+                "items_out": node.items_out,
+                "replicas": [asdict(replica) for replica in node.replicas],
+            }
+            for node in report
+        },
+    }
+
+
+def _parse_params(parser: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            parser.error(f"--set takes KEY=VALUE, not {pair!r}")
+        params[key] = value
+    return params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowgraph",
+        description="Run dataflow topologies: every node replica a process, wired by ZeroMQ.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run_parser = commands.add_parser("run", help="run a topology to its end")
+    run_parser.add_argument("target", metavar="PATH[:VAR]",
+                            help="a topology file or dotted module, optionally :VAR to pick one topology")
+    run_parser.add_argument("--inproc", action="store_true",
+                            help="run every replica as a thread of this process (for debugging)")
+    run_parser.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                            help="a parameter for the nodes, as context().params[KEY] (a string); repeatable")
+    run_parser.add_argument("--hwm", type=_positive_int, metavar="N",
+                            help="high-water mark of every data socket, in batches (default 8)")
+    run_parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    run_parser.add_argument("--metrics-json", metavar="FILE",
+                            help="write per node and replica counters to FILE as JSON")
+
+    check_parser = commands.add_parser("check", help="validate a topology and print its plan")
+    check_parser.add_argument("target", metavar="PATH[:VAR]")
+
+    commands.add_parser("worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "worker":
+        return worker_command()
+    if args.command == "check":
+        return check_command(args.target)
+    return run_command(
+        args.target,
+        inproc=args.inproc,
+        params=_parse_params(parser, args.params),
+        hwm=args.hwm,
+        quiet=args.quiet,
+        metrics_json=args.metrics_json,
+    )

@@ -1,0 +1,95 @@
+"""Forward workers' stdout and stderr line by line with a ``[node/replica@host]`` prefix."""
+
+from __future__ import annotations
+
+import collections
+import os
+import selectors
+import sys
+import threading
+from typing import IO
+
+_TAIL_LINES = 20
+
+
+class OutputForwarder:
+    """One thread reads every worker pipe; whole lines only, never interleaved mid-line."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._tails: dict[str, collections.deque[str]] = {}
+        self._wake_read, self._wake_write = os.pipe()
+        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        self._open = 0
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="flowgraph-output", daemon=True)
+        self._thread.start()
+
+    def follow(self, replica_id: str, label: str, stdout: IO[bytes] | None, stderr: IO[bytes] | None) -> None:
+        """Forward ``stdout`` to our stdout and ``stderr`` to our stderr, prefixed with ``[label]``."""
+        with self._lock:
+            self._tails[replica_id] = collections.deque(maxlen=_TAIL_LINES)
+            for pipe, target in ((stdout, sys.stdout), (stderr, sys.stderr)):
+                if pipe is not None:
+                    tail = self._tails[replica_id] if target is sys.stderr else None
+                    self._selector.register(pipe, selectors.EVENT_READ,
+                                            _Stream(f"[{label}] ", target, tail))
+                    self._open += 1
+        os.write(self._wake_write, b"x")
+
+    def tail(self, replica_id: str) -> str:
+        """The last lines ``replica_id`` wrote to stderr."""
+        with self._lock:
+            return "".join(self._tails.get(replica_id, ()))
+
+    def close(self) -> None:
+        """Wait until every followed pipe reached end of file, then stop."""
+        self._closing = True
+        os.write(self._wake_write, b"x")
+        self._thread.join()
+        self._selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _run(self) -> None:
+        while not (self._closing and self._open == 0):
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    os.read(self._wake_read, 4096)
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    key.data.feed(chunk)
+                    continue
+                key.data.end()
+                with self._lock:
+                    self._selector.unregister(key.fileobj)
+                    self._open -= 1
+                key.fileobj.close()
+
+
+class _Stream:
+    def __init__(self, prefix: str, target: IO[str], tail: collections.deque[str] | None) -> None:
+        self._prefix = prefix
+        self._target = target
+        self._tail = tail
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        self._write(lines)
+
+    def end(self) -> None:
+        if self._partial:
+            self._write([self._partial])
+            self._partial = b""
+
+    def _write(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        text = [line.decode("utf-8", "replace") + "\n" for line in lines]
+        if self._tail is not None:
+            self._tail.extend(text)
+        self._target.write("".join(self._prefix + line for line in text))
+        self._target.flush()

@@ -1,0 +1,135 @@
+"""``--inproc``: every replica as a thread of the launcher's process, for debugging.
+
+The same replica code and wire format run over ``inproc://`` sockets of one
+ZeroMQ context; each replica gets its own unpickled copy of the node code,
+so replicas share no state, as in process mode. What a replica prints is
+prefixed ``[node/replica@localhost]`` as in process mode.
+
+A thread cannot be killed: a replica stuck in user code that ignores the
+stop request is left behind (as a daemon thread) when the run ends.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO
+
+import cloudpickle
+import zmq
+
+from ..agent import Agent, finish_pipe
+from ..plan import ReplicaPlan
+from ..worker import ReplicaJob, run_replica
+from .base import Exit, WorkerConfig
+
+_thread_label = threading.local()
+
+
+class InprocBackend:
+    """Replica threads in this process, data over ``inproc://``."""
+
+    mode = "inproc"
+    heartbeat_timeout_s = None
+
+    def __init__(self, context: zmq.Context) -> None:
+        self._context = context
+        prefix = f"inproc://flowgraph-{secrets.token_hex(6)}"
+        self.control_bind = f"{prefix}/control"
+        self.data_bind = prefix
+        self._threads: dict[str, threading.Thread] = {}
+        self._results: dict[str, bool] = {}
+        self._reported: set[str] = set()
+        self._saved_stdio = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _PrefixingStream(sys.stdout), _PrefixingStream(sys.stderr)
+
+    def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
+        """Start one thread per replica, each with its own copy of the node code."""
+        for replica in replicas:
+            spec, plan = cloudpickle.loads(config.payload)
+            job = ReplicaJob(
+                plan=plan,
+                replica=plan.replica(replica.node, replica.index),
+                node=spec.node(replica.node),
+                token=config.token,
+                bind_base=config.bind_base,
+                params=config.params,
+                collect=replica.node in config.collect,
+            )
+            thread = threading.Thread(target=self._run, args=(job, config), daemon=True,
+                                      name=f"flowgraph-{replica.id}")
+            self._threads[replica.id] = thread
+            thread.start()
+
+    def _run(self, job: ReplicaJob, config: WorkerConfig) -> None:
+        replica_id = job.replica.id
+        _thread_label.prefix = f"[{replica_id}@{job.replica.host}] "
+        agent = Agent(self._context, config.control, config.token, replica_id,
+                      on_stop=lambda reason: None, launcher_timeout_s=math.inf)
+        pipe = agent.pipe()
+        agent.start()
+        try:
+            self._results[replica_id] = run_replica(job, self._context, pipe)
+        finally:
+            finish_pipe(pipe)
+            agent.join()
+
+    def exits(self) -> list[Exit]:
+        """Replicas whose thread ended since the last call."""
+        ended = []
+        for replica_id, thread in self._threads.items():
+            if replica_id in self._reported or thread.is_alive():
+                continue
+            self._reported.add(replica_id)
+            clean = self._results.get(replica_id, False)
+            ended.append(Exit(replica_id, "thread ended" if clean else "thread ended with an error", clean))
+        return ended
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait for every replica thread; False if some still run after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads.values())
+
+    def kill(self) -> None:
+        """Threads cannot be killed; those still running are abandoned as daemon threads."""
+
+    def close(self) -> None:
+        """Give the process its own stdout and stderr back."""
+        sys.stdout, sys.stderr = self._saved_stdio
+
+
+class _PrefixingStream(io.TextIOBase):
+    """Writes of replica threads become whole lines prefixed with the replica; others pass through."""
+
+    def __init__(self, target: IO[str]) -> None:
+        self._target = target
+        self._partial = threading.local()
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        prefix = getattr(_thread_label, "prefix", None)
+        if prefix is None:
+            return self._target.write(text)
+        *lines, rest = (getattr(self._partial, "text", "") + text).split("\n")
+        self._partial.text = rest
+        if lines:
+            with self._lock:
+                self._target.write("".join(f"{prefix}{line}\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def fileno(self) -> int:
+        return self._target.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._target, "encoding", "utf-8")

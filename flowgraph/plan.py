@@ -1,0 +1,279 @@
+"""The plan: every replica, where it runs, which sockets it binds and connects.
+
+``plan_run(spec)`` is a pure function of the topology and the run settings;
+it starts nothing and opens nothing. ``flowgraph check`` prints the plan and
+tests assert on it.
+
+Sockets per edge (ZeroMQ can't address a chosen peer of a multi-peer PUSH,
+so end of stream and by_key need a socket per pair):
+
+* shuffle and by_key edges: each consumer replica binds one PULL socket
+  (slot ``in``, shared by all its shuffle/by_key inputs); each producer
+  replica connects one PUSH socket to every consumer replica. A shuffle
+  batch goes to a consumer whose PUSH has room (load-aware); by_key picks
+  the consumer from the key; end of stream goes down every PUSH.
+* broadcast edges: each producer replica binds an XPUB socket (slot
+  ``out:<consumer node>``) with ``XPUB_NODROP`` (a plain PUB drops at its
+  high-water mark) and ``XPUB_MANUAL`` (only subscriptions carrying the run's
+  token are applied, so a stranger's subscription neither receives data nor
+  stalls the run); each consumer replica connects a SUB socket to every
+  producer replica, and producers wait for every subscription before the
+  first item (the slow-joiner problem).
+
+Memory per (producer replica, consumer replica) pair is bounded by
+``BufferSettings``: see ``BufferSettings.pair_bound``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .dsl import Grouping, GroupingKind, NodeKind, TopologySpec
+
+LOCALHOST = "localhost"
+IN_SLOT = "in"
+
+
+@dataclass(frozen=True)
+class BufferSettings:
+    """How items are batched and buffered on every data edge."""
+
+    batch_items: int = 256
+    """A batch (one ZeroMQ message) holds at most this many items."""
+    batch_bytes: int = 256 * 1024
+    """A batch is sent once it holds this many bytes (an item larger than this travels alone)."""
+    linger_ms: float = 5.0
+    """A source sends a partial batch once its first item is this old."""
+    hwm: int = 8
+    """ZeroMQ high-water mark of every data socket, counted in batches (``--hwm``)."""
+    socket_buffer_bytes: int = 256 * 1024
+    """Kernel send and receive buffer of every TCP data socket (SO_SNDBUF / SO_RCVBUF)."""
+
+    def pair_bound(self) -> tuple[int, str]:
+        """Batches and a description of the bytes one producer→consumer pair can hold.
+
+        A pair holds at most: the producer's pending batch, ``hwm`` batches in
+        the PUSH/XPUB queue, ``hwm`` in the PULL/SUB queue, the batch the
+        consumer is working on, plus what the two kernel socket buffers hold.
+        """
+        batches = 2 * self.hwm + 2
+        return batches, (
+            f"{batches} batches of <= {self.batch_items} items and <= max({_size(self.batch_bytes)}, "
+            f"one item) + {_size(2 * self.socket_buffer_bytes)} of socket buffers"
+        )
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One node of the plan; ``index`` is its position in topological order."""
+
+    name: str
+    kind: NodeKind
+    index: int
+    parallelism: int
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    """One edge: its grouping, the socket pair carrying it and how many replica pairs it has."""
+
+    upstream: str
+    downstream: str
+    grouping: Grouping
+    producers: int
+    consumers: int
+
+    @property
+    def sockets(self) -> tuple[str, str]:
+        """(producer socket type, consumer socket type)."""
+        if self.grouping.kind is GroupingKind.BROADCAST:
+            return ("XPUB", "SUB")
+        return ("PUSH", "PULL")
+
+    @property
+    def name(self) -> str:
+        return f"{self.upstream}->{self.downstream}"
+
+
+@dataclass(frozen=True)
+class BindPlan:
+    """A socket a replica binds; its real endpoint goes into the address book."""
+
+    slot: str
+    socket: str
+
+
+@dataclass(frozen=True)
+class ConnectPlan:
+    """A socket a replica connects to the ``slot`` bound by replica ``peer``."""
+
+    socket: str
+    peer: str
+    slot: str
+    edge: str
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """One replica: its node, index, host, sockets and end-of-stream count."""
+
+    node: str
+    index: int
+    kind: NodeKind
+    host: str
+    eos_expected: int
+    """End-of-stream marks to receive (one per upstream replica per input edge) before finish()."""
+    binds: tuple[BindPlan, ...]
+    connects: tuple[ConnectPlan, ...]
+
+    @property
+    def id(self) -> str:
+        return replica_id(self.node, self.index)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will start, as data."""
+
+    topology: str
+    nodes: tuple[NodePlan, ...]
+    edges: tuple[EdgePlan, ...]
+    replicas: tuple[ReplicaPlan, ...]
+    buffers: BufferSettings = field(default_factory=BufferSettings)
+
+    def node(self, name: str) -> NodePlan:
+        return next(node for node in self.nodes if node.name == name)
+
+    def replica(self, node: str, index: int) -> ReplicaPlan:
+        return next(r for r in self.replicas if r.node == node and r.index == index)
+
+    def edges_from(self, node: str) -> tuple[EdgePlan, ...]:
+        return tuple(edge for edge in self.edges if edge.upstream == node)
+
+    def edges_into(self, node: str) -> tuple[EdgePlan, ...]:
+        return tuple(edge for edge in self.edges if edge.downstream == node)
+
+
+def replica_id(node: str, index: int) -> str:
+    """The name of a replica as shown to users: ``node/index``."""
+    return f"{node}/{index}"
+
+
+def plan_run(
+    spec: TopologySpec,
+    hosts: Iterable[str] | None = None,
+    buffers: BufferSettings | None = None,
+) -> Plan:
+    """Validate ``spec`` and compute its plan; raises ``TopologyError``.
+
+    Placement: a node pinned with ``hosts=`` spreads its replicas round robin
+    over those hosts; other nodes over ``hosts`` (default: this machine).
+    """
+    from .graph import topological_order  # networkx: not needed by workers, which unpickle plans
+
+    order = topological_order(spec)
+    run_hosts = tuple(hosts) if hosts else (LOCALHOST,)
+    nodes = tuple(
+        NodePlan(name, spec.node(name).kind, index, spec.node(name).parallelism)
+        for index, name in enumerate(order)
+    )
+    parallelism = {node.name: node.parallelism for node in nodes}
+    edges = tuple(
+        EdgePlan(edge.upstream, name, edge.grouping, parallelism[edge.upstream], parallelism[name])
+        for name in order
+        for edge in spec.node(name).inputs
+    )
+    replicas = tuple(
+        _replica(node, index, edges, parallelism, spec.node(node.name).hosts or run_hosts)
+        for node in nodes
+        for index in range(node.parallelism)
+    )
+    return Plan(spec.name, nodes, edges, replicas, buffers or BufferSettings())
+
+
+def _replica(
+    node: NodePlan,
+    index: int,
+    edges: Sequence[EdgePlan],
+    parallelism: dict[str, int],
+    hosts: Sequence[str],
+) -> ReplicaPlan:
+    inputs = [edge for edge in edges if edge.downstream == node.name]
+    outputs = [edge for edge in edges if edge.upstream == node.name]
+    binds = []
+    if any(edge.grouping.kind is not GroupingKind.BROADCAST for edge in inputs):
+        binds.append(BindPlan(IN_SLOT, "PULL"))
+    binds += [BindPlan(broadcast_slot(edge.downstream), "XPUB")
+              for edge in outputs if edge.grouping.kind is GroupingKind.BROADCAST]
+    connects = []
+    for edge in outputs:
+        if edge.grouping.kind is not GroupingKind.BROADCAST:
+            connects += [ConnectPlan("PUSH", replica_id(edge.downstream, peer), IN_SLOT, edge.name)
+                         for peer in range(edge.consumers)]
+    for edge in inputs:
+        if edge.grouping.kind is GroupingKind.BROADCAST:
+            connects += [ConnectPlan("SUB", replica_id(edge.upstream, peer),
+                                     broadcast_slot(node.name), edge.name)
+                         for peer in range(edge.producers)]
+    return ReplicaPlan(
+        node=node.name,
+        index=index,
+        kind=node.kind,
+        host=hosts[index % len(hosts)],
+        eos_expected=sum(parallelism[edge.upstream] for edge in inputs),
+        binds=tuple(binds),
+        connects=tuple(connects),
+    )
+
+
+def broadcast_slot(downstream: str) -> str:
+    """The slot name of the XPUB socket a producer binds for a broadcast edge to ``downstream``."""
+    return f"out:{downstream}"
+
+
+def describe_plan(plan: Plan) -> str:
+    """The plan as text, as ``flowgraph check`` prints it."""
+    replica_count = len(plan.replicas)
+    lines = [
+        f"topology {plan.topology!r}: {len(plan.nodes)} nodes, {replica_count} replicas, "
+        f"{len(plan.edges)} edges",
+        "",
+        "nodes (topological order):",
+    ]
+    for node in plan.nodes:
+        hosts = sorted({r.host for r in plan.replicas if r.node == node.name})
+        eos = plan.replica(node.name, 0).eos_expected
+        lines.append(
+            f"  {node.name:<20} {node.kind.value:<6} parallelism={node.parallelism}  "
+            f"eos_expected={eos}  hosts={','.join(hosts)}"
+        )
+    lines += ["", "edges:"]
+    for edge in plan.edges:
+        producer, consumer = edge.sockets
+        lines.append(
+            f"  {edge.name:<30} {str(edge.grouping):<18} {producer}->{consumer}  "
+            f"{edge.producers}x{edge.consumers} pairs"
+        )
+    batches, bound = plan.buffers.pair_bound()
+    lines += [
+        "",
+        f"buffers: batch <= {plan.buffers.batch_items} items / {_size(plan.buffers.batch_bytes)}, "
+        f"hwm={plan.buffers.hwm} batches per socket",
+        f"  memory bound per producer->consumer pair: {bound}",
+        "",
+        "sockets:",
+    ]
+    for replica in plan.replicas:
+        parts = [f"bind {b.socket} {b.slot}" for b in replica.binds]
+        parts += [f"{c.socket}->{c.peer}:{c.slot}" for c in replica.connects]
+        lines.append(f"  {replica.id:<24} @{replica.host}: {'; '.join(parts) or '-'}")
+    return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.0f} GiB"

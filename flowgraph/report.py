@@ -1,0 +1,98 @@
+"""``RunReport``: what a finished run did, per node and per replica."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """Counters of one replica."""
+
+    node: str
+    replica: int
+    host: str
+    items_in: int
+    """Items it received (0 for a source)."""
+    items_out: int
+    """Items it emitted (0 for a sink)."""
+    wall_s: float
+    """Seconds from the start barrier to its end of stream."""
+    blocked_s: float
+    """Seconds it waited for a consumer to have room (backpressure)."""
+    bytes_out: int
+    """Bytes it sent on all output edges."""
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """Counters of one node: its replicas and their sums."""
+
+    name: str
+    kind: str
+    replicas: tuple[ReplicaReport, ...]
+
+    @property
+    def parallelism(self) -> int:
+        return len(self.replicas)
+
+    @property
+    def items_in(self) -> int:
+        return sum(r.items_in for r in self.replicas)
+
+    @property
+    def items_out(self) -> int:
+        return sum(r.items_out for r in self.replicas)
+
+    @property
+    def wall_s(self) -> float:
+        """The longest replica's wall time."""
+        return max(r.wall_s for r in self.replicas)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The outcome of a successful run; ``report["fetch"]`` is a node's ``NodeReport``."""
+
+    topology: str
+    mode: str
+    """``inproc`` or ``local``."""
+    nodes: Mapping[str, NodeReport]
+    startup_s: float
+    """Seconds from the launch to the start barrier (every replica connected and set up)."""
+    wall_s: float
+    """Seconds from the launch until every replica finished."""
+    collected: Mapping[str, tuple[tuple[Any, ...], ...]] = field(default_factory=dict)
+    """For nodes named in ``run(collect=...)``: the items each replica received, in arrival order."""
+
+    def __getitem__(self, node: str) -> NodeReport:
+        return self.nodes[node]
+
+    def __iter__(self) -> Iterator[NodeReport]:
+        return iter(self.nodes.values())
+
+    def summary(self) -> str:
+        """A plain-text table: one row per node, then one per replica."""
+        header = f"{'node':<24} {'kind':<6} {'replicas':>8} {'in':>10} {'out':>10} {'time s':>8} {'blocked s':>9}"
+        lines = [
+            f"topology {self.topology!r} ({self.mode}): done in {self.wall_s:.2f} s "
+            f"(startup {self.startup_s:.2f} s)",
+            header,
+            "-" * len(header),
+        ]
+        for node in self.nodes.values():
+            blocked = max(r.blocked_s for r in node.replicas)
+            lines.append(
+                f"{node.name:<24} {node.kind:<6} {node.parallelism:>8} {node.items_in:>10} "
+                f"{node.items_out:>10} {node.wall_s:>8.2f} {blocked:>9.2f}"
+            )
+            if node.parallelism > 1:
+                for r in node.replicas:
+                    label = f"  /{r.replica}@{r.host}"
+                    lines.append(
+                        f"{label:<24} {'':<6} {'':>8} {r.items_in:>10} {r.items_out:>10} "
+                        f"{r.wall_s:>8.2f} {r.blocked_s:>9.2f}"
+                    )
+        return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""Frames on the wire: data batches, end of stream and control messages.
+
+Bytes in, bytes out; no sockets here.
+
+A data message is ``[header, payload, *buffers]``. The header is fixed size:
+magic, the run's token, kind, producer (node index, replica), a sequence
+number per producer socket and an item count. The payload is the batch (a
+list of items) pickled with protocol 5; large buffers (bytearray, memoryview,
+numpy arrays) travel out of band as extra frames, so they are never copied
+into the pickle. Unpickling is code execution: ``decode_header`` checks magic,
+length and token before anything else is looked at, and ``decode_items`` is
+only called on frames whose header passed.
+
+A control message is ``[header, kind, json body]`` with an optional fourth
+frame holding a pickled attachment (collected sink items for
+``flowgraph.testing``), again only decoded after the header passed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import json
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import cloudpickle
+
+DATA_MAGIC = b"FGD1"
+CONTROL_MAGIC = b"FGC1"
+TOKEN_BYTES = 16
+
+_DATA_HEADER = struct.Struct("!4s16sBHHQI")
+
+
+class Kind(enum.IntEnum):
+    """What a data message carries."""
+
+    BATCH = 1
+    EOS = 2
+
+
+@dataclass(frozen=True)
+class Header:
+    """The checked header of a data message."""
+
+    kind: Kind
+    node: int
+    """Index of the producer's node in the plan."""
+    replica: int
+    seq: int
+    """Sequence number of this message on its producer socket, from 0."""
+    count: int
+    """Items in the batch (0 for end of stream)."""
+
+
+def topic(token: bytes) -> bytes:
+    """The prefix every data message of a run starts with (SUB sockets subscribe to it)."""
+    return DATA_MAGIC + token
+
+
+def encode_header(token: bytes, kind: Kind, node: int, replica: int, seq: int, count: int) -> bytes:
+    return _DATA_HEADER.pack(DATA_MAGIC, token, kind, node, replica, seq, count)
+
+
+def decode_header(token: bytes, frame: bytes | memoryview) -> Header | None:
+    """The header if ``frame`` is a well-formed header of this run, else None."""
+    if len(frame) != _DATA_HEADER.size:
+        return None
+    magic, frame_token, kind, node, replica, seq, count = _DATA_HEADER.unpack(frame)
+    if magic != DATA_MAGIC or not hmac.compare_digest(frame_token, token):
+        return None
+    if kind not in (Kind.BATCH, Kind.EOS):
+        return None
+    return Header(Kind(kind), node, replica, seq, count)
+
+
+def encode_items(items: list[Any]) -> list[Any]:
+    """The payload frames of a batch: the pickle, then its out-of-band buffers.
+
+    Raises what pickling raises (``PicklingError``, ``TypeError``, ...).
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    payload = cloudpickle.dumps(items, protocol=5, buffer_callback=buffers.append)
+    return [payload, *(buffer.raw() for buffer in buffers)]
+
+
+def frames_size(frames: Sequence[Any]) -> int:
+    """Total bytes of ``frames`` (bytes, memoryviews or zmq Frames)."""
+    return sum(memoryview(frame).nbytes for frame in frames)
+
+
+def decode_items(frames: Sequence[Any]) -> list[Any]:
+    """The items of a batch from its payload frames (after the header was checked)."""
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+def encode_control(token: bytes, kind: str, body: dict[str, Any], attachment: Any = None) -> list[bytes]:
+    """A control message; ``attachment`` (any picklable object) is optional."""
+    frames = [CONTROL_MAGIC + token, kind.encode(), json.dumps(body).encode()]
+    if attachment is not None:
+        frames.append(cloudpickle.dumps(attachment, protocol=5))
+    return frames
+
+
+def decode_control(token: bytes, frames: Sequence[bytes]) -> tuple[str, dict[str, Any], Any] | None:
+    """(kind, body, attachment) of a control message of this run, else None."""
+    if len(frames) not in (3, 4):
+        return None
+    header = bytes(frames[0])
+    if len(header) != len(CONTROL_MAGIC) + TOKEN_BYTES or not header.startswith(CONTROL_MAGIC):
+        return None
+    if not hmac.compare_digest(header[len(CONTROL_MAGIC):], token):
+        return None
+    try:
+        kind = bytes(frames[1]).decode()
+        body = json.loads(bytes(frames[2]))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    attachment = pickle.loads(frames[3]) if len(frames) == 4 else None
+    return kind, body, attachment

@@ -1,0 +1,269 @@
+"""One replica: register → address book → setup → start barrier → items → finish → EOS → teardown.
+
+``run_replica`` is the same in a worker process and in a thread of an
+``--inproc`` run; it talks to the launcher only through its ``ControlPipe``
+(the agent thread forwards) and never raises: whatever goes wrong is
+reported as an ``error`` message carrying node, replica, host, phase, the
+traceback (user frames only) and the item being processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from ._operator import Operator, emitted, generated, make_operator
+from .channel import ControlPipe, Inputs, Outputs, ProtocolError, Stopped
+from .context import Context, set_context
+from .dsl import NodeKind, NodeSpec
+from .plan import Plan, ReplicaPlan
+
+log = logging.getLogger(__name__)
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_ITEM_REPR_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ReplicaJob:
+    """Everything one replica needs, besides its sockets."""
+
+    plan: Plan
+    replica: ReplicaPlan
+    node: NodeSpec
+    token: bytes
+    bind_base: str
+    """Where data sockets bind: ``tcp://127.0.0.1`` or ``inproc://fg-<run>``."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    collect: bool = False
+    """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""
+
+
+class _Failure(Exception):
+    """A phase of the replica failed; carries what the launcher reports."""
+
+    def __init__(self, phase: str, error: BaseException, item: Any = None, has_item: bool = False) -> None:
+        super().__init__(phase)
+        self.phase = phase
+        self.error = error
+        self.item_repr = _short_repr(item) if has_item else None
+
+
+def run_replica(job: ReplicaJob, context: zmq.Context, control: ControlPipe) -> bool:
+    """Run one replica to its end; True if it finished cleanly, False on error or stop."""
+    runner = _Replica(job, context, control)
+    set_context(runner.context)
+    try:
+        return runner.run()
+    finally:
+        set_context(None)
+
+
+class _Replica:
+    def __init__(self, job: ReplicaJob, context: zmq.Context, control: ControlPipe) -> None:
+        self.job = job
+        self.zmq_context = context
+        self.control = control
+        replica = job.replica
+        self.context = Context(replica.node, replica.index, job.node.parallelism, replica.host, job.params)
+        self.inputs = Inputs(context, job.plan, replica, job.token, control)
+        self.outputs = Outputs(job.plan, replica, job.token, control)
+        self.items_in = 0
+        self.items_out = 0
+        self.collected: list[Any] = []
+        self.started_at = 0.0
+
+    def run(self) -> bool:
+        operator: Operator | None = None
+        failure: _Failure | None = None
+        try:
+            self._wire_up()
+            operator = self._call("setup", make_operator, self.job.node)
+            self._call("setup", operator.setup)
+            self.control.send("ready", {})
+            self._wait_for("start")
+            self.started_at = time.time()
+            if self.job.node.kind is NodeKind.SOURCE:
+                self._generate(operator)
+            else:
+                self._process(operator)
+            self._emit_all("finish", operator.finish)
+            self.outputs.send_eos()
+        except Stopped:
+            self._teardown(operator)
+            self._close()
+            return False
+        except _Failure as caught:
+            failure = caught
+        except Exception as error:  # a bug or a broken peer: report it like a user error
+            failure = _Failure("runtime", error)
+        teardown_failure = self._teardown(operator)
+        failure = failure or teardown_failure
+        if failure is not None:
+            self._report(failure)
+        else:
+            self.control.send("done", self._stats(), self.collected if self.job.collect else None)
+        try:
+            self._wait_for("shutdown")
+        except Stopped:
+            pass
+        self._close()
+        return failure is None
+
+    def _wire_up(self) -> None:
+        endpoints = {
+            **self.inputs.bind(self.job.bind_base),
+            **self.outputs.bind(self.zmq_context, self.job.bind_base),
+        }
+        self.control.send("register", {"endpoints": endpoints, "pid": os.getpid()})
+        address_book = self._wait_for("address_book")["replicas"]
+        self.outputs.connect(self.zmq_context, address_book)
+        self.inputs.connect(address_book)
+        self.outputs.wait_for_subscribers()
+
+    def _wait_for(self, kind: str) -> dict[str, Any]:
+        while True:
+            message = self.control.receive(None)
+            if message is None:
+                continue
+            got, body = message
+            if got == kind:
+                return body
+            log.warning("%s: ignored control message %r while waiting for %r", self.job.replica.id, got, kind)
+
+    def _generate(self, operator: Operator) -> None:
+        outputs = self.outputs
+        emit = outputs.emit
+        clock = time.monotonic
+        try:
+            for item in generated(operator.generate()):
+                emit(item)
+                self.items_out += 1
+                if clock() >= outputs.deadline:
+                    self._flush_and_check()
+        except Stopped:
+            raise
+        except Exception as error:
+            raise _Failure("generate", error) from error
+
+    def _process(self, operator: Operator) -> None:
+        inputs, outputs = self.inputs, self.outputs
+        emit = outputs.emit if outputs.edges else None
+        process = operator.process
+        clock = time.monotonic
+        collect = self.collected.append if self.job.collect else None
+        while True:
+            try:
+                batch = inputs.receive()
+            except ProtocolError as error:
+                raise _Failure("receive", error) from error
+            if batch is None:
+                if inputs.is_done:
+                    return
+                outputs.flush()
+                inputs.wait()
+                continue
+            upstream, items = batch
+            self.context.input = upstream
+            for item in items:
+                self.items_in += 1
+                if collect is not None:
+                    collect(item)
+                try:
+                    result = process(item)
+                    if result is not None:
+                        for output in emitted(result):
+                            if emit is not None:
+                                emit(output)
+                                self.items_out += 1
+                except Stopped:
+                    raise
+                except Exception as error:
+                    raise _Failure("process", error, item, has_item=True) from error
+                if clock() >= outputs.deadline:
+                    self._flush_and_check()
+
+    def _emit_all(self, phase: str, method: Any) -> None:
+        self.context.input = None
+        try:
+            for output in emitted(method()):
+                if self.outputs.edges:
+                    self.outputs.emit(output)
+                    self.items_out += 1
+        except Stopped:
+            raise
+        except Exception as error:
+            raise _Failure(phase, error) from error
+
+    def _flush_and_check(self) -> None:
+        self.outputs.flush()
+        self.control.raise_if_stopped()
+
+    def _call(self, phase: str, function: Any, *args: Any) -> Any:
+        try:
+            return function(*args)
+        except Stopped:
+            raise
+        except Exception as error:
+            raise _Failure(phase, error) from error
+
+    def _teardown(self, operator: Operator | None) -> _Failure | None:
+        if operator is None:
+            return None
+        try:
+            operator.teardown()
+        except Exception as error:
+            log.error("%s: teardown() failed: %r", self.job.replica.id, error)
+            return _Failure("teardown", error)
+        return None
+
+    def _report(self, failure: _Failure) -> None:
+        error = failure.error
+        self.control.send("error", {
+            "phase": failure.phase,
+            "message": f"{type(error).__name__}: {error}",
+            "traceback": user_traceback(error),
+            "item": failure.item_repr,
+        })
+
+    def _stats(self) -> dict[str, Any]:
+        edges = {
+            edge.plan.name: {"items": edge.stats.items, "batches": edge.stats.batches,
+                             "bytes": edge.stats.bytes, "blocked_s": edge.stats.blocked_s}
+            for edge in self.outputs.edges
+        }
+        return {
+            "items_in": self.items_in,
+            "items_out": self.items_out,
+            "started_at": self.started_at,
+            "ended_at": time.time(),
+            "edges": edges,
+        }
+
+    def _close(self) -> None:
+        self.inputs.close()
+        self.outputs.close()
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback of ``error`` without flowgraph's own frames."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if not frame.filename.startswith(_PACKAGE_DIR)]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
+             *traceback.format_exception_only(type(error), error)]
+    return "".join(lines)
+
+
+def _short_repr(item: Any) -> str:
+    try:
+        text = repr(item)
+    except Exception as error:  # a broken __repr__ must not hide the real error
+        text = f"<{type(item).__name__} with failing repr: {error!r}>"
+    return text if len(text) <= _ITEM_REPR_CHARS else text[: _ITEM_REPR_CHARS - 3] + "..."

@@ -1,0 +1,159 @@
+"""Helpers for tests that start real launchers and workers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+MARKER = "FLOWGRAPH_TEST_SESSION"
+
+
+def processes_of_this_session() -> list[psutil.Process]:
+    """Every process started by this test session (they inherit the marker), except pytest itself."""
+    me = os.getpid()
+    session = os.environ.get(MARKER)
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == me:
+            continue
+        try:
+            if process.environ().get(MARKER) == session:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def reap(processes: list[psutil.Process], timeout_s: float) -> list[str]:
+    """Wait up to ``timeout_s`` for ``processes`` to end; kill and describe the ones that do not."""
+    described = []
+    for process in processes:
+        try:
+            described.append(f"{process.pid} {' '.join(process.cmdline())}")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    alive_pids = {p.pid for p in alive}
+    return [text for text in described if int(text.split()[0]) in alive_pids]
+
+
+def write_topology(directory: Path, source: str, name: str = "topo.py") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+class Cli:
+    """``python -m flowgraph ...`` as a child process whose output is read as it comes.
+
+    Use as a context manager: on exit the launcher and every worker it
+    started are killed, whatever happened in the test.
+    """
+
+    def __init__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flowgraph", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stderr, self.stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def __enter__(self) -> Cli:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill_all()
+
+    def _read(self, stream, lines: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                lines.append(line)
+                self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.stdout) + "".join(self.stderr)
+
+    def wait_for_line(self, pattern: str, timeout_s: float = 30.0) -> str:
+        """The first output line matching ``pattern``; fails with all output seen if none comes."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                for line in self.stdout + self.stderr:
+                    if regex.search(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None and not self._readers_alive():
+                    raise AssertionError(f"no line matching {pattern!r}; output so far:\n{self.output}")
+                self._changed.wait(min(remaining, 0.5))
+
+    def _readers_alive(self) -> bool:
+        return any(reader.is_alive() for reader in self._readers)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        """The exit status; fails (showing the output) if the launcher runs longer than ``timeout_s``."""
+        try:
+            code = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout_s} s; output:\n{self.output}") from None
+        for reader in self._readers:
+            reader.join(10)
+        return code
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def kill_all(self) -> None:
+        everyone = [*self.descendants()]
+        try:
+            everyone.append(psutil.Process(self.process.pid))
+        except psutil.NoSuchProcess:
+            pass
+        for process in everyone:
+            try:
+                process.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(everyone, timeout=5)
+        self.process.wait(5)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout_s: float = 60.0,
+            env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m flowgraph ...`` to its end: (exit status, stdout, stderr)."""
+    with Cli(*args, cwd=cwd, env=env) as cli:
+        code = cli.wait(timeout_s)
+        return code, "".join(cli.stdout), "".join(cli.stderr)
