@@ -18,11 +18,10 @@ import sys
 import threading
 from typing import Any
 
-import cloudpickle
 import zmq
 
 from .agent import Agent, finish_pipe
-from .worker import ReplicaJob, run_replica, user_traceback
+from .worker import run_configured
 
 STOP_GRACE_S = 2.0
 _LENGTH = struct.Struct("!Q")
@@ -67,24 +66,7 @@ def main() -> int:
     pipe = agent.pipe()
     agent.start()
     threading.Thread(target=_watch_stdin, args=(agent,), name="flowgraph-stdin", daemon=True).start()
-    try:
-        spec, plan = cloudpickle.loads(config["payload"])
-    except Exception as error:  # e.g. a module the node code needs is not importable here
-        pipe.send("error", {"phase": "load", "message": f"{type(error).__name__}: {error}",
-                            "traceback": user_traceback(error), "item": None})
-        finish_pipe(pipe)
-        agent.join(timeout=STOP_GRACE_S)
-        return 1
-    job = ReplicaJob(
-        plan=plan,
-        replica=plan.replica(node, index),
-        node=spec.node(node),
-        token=config["token"],
-        bind_base=config["bind_base"],
-        params=config["params"],
-        collect=config["collect"],
-    )
-    ok = run_replica(job, context, pipe)
+    ok = run_configured(config, context, pipe)
     finish_pipe(pipe)
     agent.join(timeout=STOP_GRACE_S)
     context.term()

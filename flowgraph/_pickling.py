@@ -105,6 +105,6 @@ def _is_installed(module: types.ModuleType) -> bool:
     if module.__name__.partition(".")[0] in _BY_REFERENCE_PACKAGES:
         return True
     path = getattr(module, "__file__", None)
-    if path is None:
-        return True
+    if path is None:  # built into the interpreter, or made at run time (only by value reaches a worker)
+        return module.__name__ in sys.builtin_module_names
     return os.path.realpath(path).startswith(_INSTALLED_ROOTS)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
 from .channel import ControlPipe
@@ -74,6 +75,7 @@ class Agent(threading.Thread):
         last_heard = time.monotonic()
         next_beat = 0.0
         stopping = False
+        monitors: list[zmq.Socket] = []
         try:
             while True:
                 now = time.monotonic()
@@ -90,7 +92,13 @@ class Agent(threading.Thread):
                     kind, body, attachment = self._pair.recv_pyobj()
                     if kind == "exit":
                         return
-                    self._send(dealer, kind, body, attachment)
+                    if kind == "monitor":
+                        monitors += self._watch(poller, body["endpoints"])
+                    else:
+                        self._send(dealer, kind, body, attachment)
+                for monitor in monitors:
+                    if monitor in events:
+                        _log_rejection(self._replica_id, recv_monitor_message(monitor))
                 if dealer in events:
                     message = wire.decode_control(self._token, dealer.recv_multipart())
                     if message is None:
@@ -107,8 +115,19 @@ class Agent(threading.Thread):
                         continue
                     self._pair.send_pyobj((kind, body))
         finally:
+            for monitor in monitors:
+                monitor.close(linger=0)
             dealer.close()
             self._pair.close()
+
+    def _watch(self, poller: zmq.Poller, endpoints: list[str]) -> list[zmq.Socket]:
+        monitors = []
+        for endpoint in endpoints:
+            monitor = self._context.socket(zmq.PAIR)
+            monitor.connect(endpoint)
+            poller.register(monitor, zmq.POLLIN)
+            monitors.append(monitor)
+        return monitors
 
     def _send(self, dealer: zmq.Socket, kind: str, body: dict[str, Any], attachment: Any = None) -> None:
         body = {**body, "replica": self._replica_id}
@@ -117,6 +136,11 @@ class Agent(threading.Thread):
     def _request_stop(self, reason: str) -> None:
         self._pair.send_pyobj(("stop", {"reason": reason}))
         self._on_stop(reason)
+
+
+def _log_rejection(replica_id: str, event: dict[str, Any]) -> None:
+    log.warning("%s: rejected a connection to %s: %s (not a ZeroMQ peer of this run)",
+                replica_id, event["endpoint"].decode(), zmq.Event(event["event"]).name)
 
 
 def finish_pipe(pipe: ControlPipe) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,21 @@ def bind_socket(socket: zmq.Socket, bind_base: str, name: str) -> str:
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+REJECTED_HANDSHAKES = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def monitor_handshakes(socket: zmq.Socket) -> str:
+    """Report failed handshakes on a bound TCP socket (a stranger sending garbage) to an inproc endpoint.
+
+    libzmq drops such peers itself; the monitor only lets us log them.
+    Returns the endpoint to connect a PAIR socket to.
+    """
+    endpoint = f"inproc://flowgraph-monitor-{uuid.uuid4().hex}"
+    socket.monitor(endpoint, REJECTED_HANDSHAKES)
+    return endpoint
+
+
 def data_socket(context: zmq.Context, kind: int, buffers: BufferSettings) -> zmq.Socket:
     """A data socket with the run's buffer limits; HWM must be set before bind/connect."""
     socket = context.socket(kind)
@@ -139,6 +155,11 @@ class Inputs:
     def is_done(self) -> bool:
         """True once end of stream arrived from every upstream replica on every input edge."""
         return len(self._ended) >= self.eos_expected
+
+    @property
+    def bound(self) -> list[zmq.Socket]:
+        """The sockets this side binds (strangers can connect to them)."""
+        return [self._pull] if self._pull is not None else []
 
     def bind(self, bind_base: str) -> dict[str, str]:
         """Bind the PULL socket; returns {slot: endpoint}."""
@@ -398,7 +419,7 @@ class _BroadcastEdge(_Edge):
         socket = data_socket(context, zmq.XPUB, self._buffers)
         socket.setsockopt(zmq.XPUB_NODROP, 1)  # a PUB at its HWM silently drops
         socket.setsockopt(zmq.XPUB_MANUAL, 1)  # we decide which subscriptions count
-        socket.rcvhwm = 0  # only subscriptions arrive here: never make a subscriber wait
+        socket.rcvhwm = 1000  # per peer: only subscriptions arrive here, a few per consumer
         socket.sndtimeo = _SEND_WAIT_MS  # POLLOUT is always set with NODROP: wait in send
         self.sockets = [socket]
         self._seq = [0]
@@ -467,6 +488,11 @@ class Outputs:
         self._linger_s = plan.buffers.linger_ms / 1000
         self.deadline = float("inf")
         """When the oldest pending item has waited ``linger_ms``; ``flush()`` clears it."""
+
+    @property
+    def bound(self) -> list[zmq.Socket]:
+        """The sockets this side binds (strangers can connect to them)."""
+        return [edge.sockets[0] for edge in self.edges if isinstance(edge, _BroadcastEdge)]
 
     def bind(self, context: zmq.Context, bind_base: str) -> dict[str, str]:
         """Create and bind the XPUB sockets of broadcast edges; returns {slot: endpoint}."""

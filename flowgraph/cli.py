@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -21,6 +21,7 @@ from .loader import UserCodeError, load_topology
 from .plan import describe_plan
 from .report import RunReport
 from .runner import run
+from .worker import user_traceback
 
 
 def run_command(
@@ -67,10 +68,9 @@ def _errors_to_exit_codes() -> Iterator[_Outcome]:
     try:
         yield outcome
     except UserCodeError as error:
-        cause = error.__cause__
-        assert cause is not None
+        assert error.__cause__ is not None
         print(f"flowgraph: error: importing {error.target} raised:", file=sys.stderr)
-        traceback.print_exception(type(cause), cause, cause.__traceback__.tb_next if cause.__traceback__ else None)
+        print(user_traceback(error.__cause__), end="", file=sys.stderr)
         outcome.code = 2
     except FlowgraphError as error:
         print(f"flowgraph: error: {error}", file=sys.stderr)
@@ -161,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "worker":
         return worker_command()
+    logging.basicConfig(level=logging.WARNING, format="flowgraph: %(levelname)s: %(message)s")
     if args.command == "check":
         return check_command(args.target)
     return run_command(

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
 from .agent import HEARTBEAT_S
-from .channel import bind_socket
+from .channel import bind_socket, monitor_handshakes
 from .errors import RunFailed
 from .launch.base import Backend, Exit
 from .plan import Plan, ReplicaPlan
@@ -62,6 +63,13 @@ class Coordinator:
         self._socket = context.socket(zmq.ROUTER)
         self._socket.linger = 0
         self.endpoint = bind_socket(self._socket, backend.control_bind, "control")
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._monitor: zmq.Socket | None = None
+        if not backend.control_bind.startswith("inproc://"):
+            self._monitor = context.socket(zmq.PAIR)
+            self._monitor.connect(monitor_handshakes(self._socket))
+            self._poller.register(self._monitor, zmq.POLLIN)
         self._identities: dict[str, bytes] = {}
         self._last_seen: dict[str, float] = {}
         self._endpoints: dict[str, dict[str, str]] = {}
@@ -78,9 +86,14 @@ class Coordinator:
         next_beat = 0.0
         total = len(self._replicas)
         while len(self._done) < total:
-            if self._socket.poll(100):
+            events = dict(self._poller.poll(100))
+            if self._socket in events:
                 while self._socket.poll(0):
                     self._handle(self._socket.recv_multipart())
+            if self._monitor in events:
+                event = recv_monitor_message(self._monitor)
+                log.warning("rejected a connection to the control port %s: %s (not a worker of this run)",
+                            event["endpoint"].decode(), zmq.Event(event["event"]).name)
             now = time.monotonic()
             if now >= next_beat:
                 self._broadcast("heartbeat", {})
@@ -105,6 +118,8 @@ class Coordinator:
         self._broadcast("stop", {"reason": reason})
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
         self._socket.close()
 
     def _handle(self, frames: list[bytes]) -> None:

@@ -17,10 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
 import zmq
 
 from ._operator import Operator, emitted, generated, make_operator
-from .channel import ControlPipe, Inputs, Outputs, ProtocolError, Stopped
+from .channel import ControlPipe, Inputs, Outputs, ProtocolError, Stopped, monitor_handshakes
 from .context import Context, set_context
 from .dsl import NodeKind, NodeSpec
 from .plan import Plan, ReplicaPlan
@@ -54,6 +55,31 @@ class _Failure(Exception):
         self.phase = phase
         self.error = error
         self.item_repr = _short_repr(item) if has_item else None
+
+
+def run_configured(config: Mapping[str, Any], context: zmq.Context, control: ControlPipe) -> bool:
+    """Unpickle the node code a worker configuration carries and run that replica.
+
+    ``config`` is what ``WorkerConfig.for_replica`` made. A failure to
+    unpickle (a module missing here, a ``__reduce__`` that raises) is
+    reported like any other error, in phase ``load``.
+    """
+    node, index = config["replica"]
+    try:
+        spec, plan = cloudpickle.loads(config["payload"])
+    except Exception as error:  # unpickling can raise anything user code raises
+        _send_error(control, _Failure("load", error))
+        return False
+    job = ReplicaJob(
+        plan=plan,
+        replica=plan.replica(node, index),
+        node=spec.node(node),
+        token=config["token"],
+        bind_base=config["bind_base"],
+        params=config["params"],
+        collect=config["collect"],
+    )
+    return run_replica(job, context, control)
 
 
 def run_replica(job: ReplicaJob, context: zmq.Context, control: ControlPipe) -> bool:
@@ -107,7 +133,7 @@ class _Replica:
         teardown_failure = self._teardown(operator)
         failure = failure or teardown_failure
         if failure is not None:
-            self._report(failure)
+            _send_error(self.control, failure)
         else:
             self.control.send("done", self._stats(), self.collected if self.job.collect else None)
         try:
@@ -122,6 +148,9 @@ class _Replica:
             **self.inputs.bind(self.job.bind_base),
             **self.outputs.bind(self.zmq_context, self.job.bind_base),
         }
+        if not self.job.bind_base.startswith("inproc://"):
+            monitors = [monitor_handshakes(socket) for socket in [*self.inputs.bound, *self.outputs.bound]]
+            self.control.send("monitor", {"endpoints": monitors})
         self.control.send("register", {"endpoints": endpoints, "pid": os.getpid()})
         address_book = self._wait_for("address_book")["replicas"]
         self.outputs.connect(self.zmq_context, address_book)
@@ -224,15 +253,6 @@ class _Replica:
             return _Failure("teardown", error)
         return None
 
-    def _report(self, failure: _Failure) -> None:
-        error = failure.error
-        self.control.send("error", {
-            "phase": failure.phase,
-            "message": f"{type(error).__name__}: {error}",
-            "traceback": user_traceback(error),
-            "item": failure.item_repr,
-        })
-
     def _stats(self) -> dict[str, Any]:
         edges = {
             edge.plan.name: {"items": edge.stats.items, "batches": edge.stats.batches,
@@ -252,10 +272,20 @@ class _Replica:
         self.outputs.close()
 
 
+def _send_error(control: ControlPipe, failure: _Failure) -> None:
+    error = failure.error
+    control.send("error", {
+        "phase": failure.phase,
+        "message": f"{type(error).__name__}: {error}",
+        "traceback": user_traceback(error),
+        "item": failure.item_repr,
+    })
+
+
 def user_traceback(error: BaseException) -> str:
-    """The traceback of ``error`` without flowgraph's own frames."""
+    """The traceback of ``error`` without flowgraph's and importlib's frames."""
     frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if not frame.filename.startswith(_PACKAGE_DIR)]
+              if not frame.filename.startswith((_PACKAGE_DIR, "<frozen "))]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
              *traceback.format_exception_only(type(error), error)]
     return "".join(lines)

@@ -20,12 +20,11 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-import cloudpickle
 import zmq
 
 from ..agent import Agent, finish_pipe
 from ..plan import ReplicaPlan
-from ..worker import ReplicaJob, run_replica
+from ..worker import run_configured
 from .base import Exit, WorkerConfig
 
 _thread_label = threading.local()
@@ -51,30 +50,20 @@ class InprocBackend:
     def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
         """Start one thread per replica, each with its own copy of the node code."""
         for replica in replicas:
-            spec, plan = cloudpickle.loads(config.payload)
-            job = ReplicaJob(
-                plan=plan,
-                replica=plan.replica(replica.node, replica.index),
-                node=spec.node(replica.node),
-                token=config.token,
-                bind_base=config.bind_base,
-                params=config.params,
-                collect=replica.node in config.collect,
-            )
-            thread = threading.Thread(target=self._run, args=(job, config), daemon=True,
+            thread = threading.Thread(target=self._run, args=(replica, config), daemon=True,
                                       name=f"flowgraph-{replica.id}")
             self._threads[replica.id] = thread
             thread.start()
 
-    def _run(self, job: ReplicaJob, config: WorkerConfig) -> None:
-        replica_id = job.replica.id
-        _thread_label.prefix = f"[{replica_id}@{job.replica.host}] "
-        agent = Agent(self._context, config.control, config.token, replica_id,
+    def _run(self, replica: ReplicaPlan, config: WorkerConfig) -> None:
+        _thread_label.prefix = f"[{replica.id}@{replica.host}] "
+        agent = Agent(self._context, config.control, config.token, replica.id,
                       on_stop=lambda reason: None, launcher_timeout_s=math.inf)
         pipe = agent.pipe()
         agent.start()
         try:
-            self._results[replica_id] = run_replica(job, self._context, pipe)
+            self._results[replica.id] = run_configured(
+                config.for_replica(replica, math.inf), self._context, pipe)
         finally:
             finish_pipe(pipe)
             agent.join()

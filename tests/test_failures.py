@@ -1,0 +1,259 @@
+"""Fail fast: any error or dead replica stops every replica and names node, replica, host and cause."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from flowgraph import RunFailed, RunInterrupted, Topology, context, run
+from helpers import Cli, processes_of_this_session, reap, write_topology
+
+
+def failing_topology(where: str) -> Topology:
+    """source -> work (2 replicas) -> store; ``where`` names the method that raises."""
+    topo = Topology("failing")
+
+    @topo.source
+    class Numbers:
+        def setup(self):
+            if where == "source.setup":
+                raise RuntimeError("no source today")
+
+        def generate(self):
+            for n in range(10_000):
+                if where == "source.generate" and n == 500:
+                    raise RuntimeError("generator broke")
+                yield n
+
+    @topo.node(inputs=Numbers, parallelism=2)
+    class Work:
+        def process(self, n):
+            if where == "work.process" and n == 1234:
+                raise ValueError(f"cannot work on {n}")
+            return n
+
+        def finish(self):
+            if where == "work.finish" and context().replica == 1:
+                raise KeyError("finish failed")
+
+        def teardown(self):
+            if where == "work.teardown":
+                raise OSError("teardown failed")
+
+    @topo.sink(inputs=Work)
+    def store(n):
+        pass
+
+    return topo
+
+
+@pytest.mark.parametrize("where, node, phase, message", [
+    ("source.setup", "Numbers", "setup", "RuntimeError: no source today"),
+    ("source.generate", "Numbers", "generate", "RuntimeError: generator broke"),
+    ("work.process", "Work", "process", "ValueError: cannot work on 1234"),
+    ("work.finish", "Work", "finish", "KeyError: 'finish failed'"),
+    ("work.teardown", "Work", "teardown", "OSError: teardown failed"),
+])
+def test_an_exception_in_user_code_fails_the_run_naming_node_replica_host_and_traceback(
+        mode, where, node, phase, message):
+    with pytest.raises(RunFailed) as caught:
+        run(failing_topology(where), inproc=mode == "inproc")
+    failure = caught.value
+    assert (failure.node, failure.host, failure.phase) == (node, "localhost", phase)
+    assert f"node {node!r} replica {failure.replica} on localhost failed in {phase}(): {message}" in str(failure)
+    assert "Traceback (most recent call last)" in failure.remote_traceback
+    assert "test_failures.py" in failure.remote_traceback
+    assert "flowgraph/worker.py" not in failure.remote_traceback
+    if where == "work.finish":
+        assert failure.replica == 1
+
+
+def test_the_failing_item_is_shown(mode):
+    with pytest.raises(RunFailed) as caught:
+        run(failing_topology("work.process"), inproc=mode == "inproc")
+    assert caught.value.item == "1234"
+    assert "while processing item: 1234" in str(caught.value)
+
+
+def test_a_replica_killed_with_sigkill_fails_the_run_and_nothing_survives():
+    topo = Topology("killed")
+
+    @topo.source
+    def numbers():
+        yield from range(100_000)
+
+    @topo.node(inputs=numbers, parallelism=2)
+    def work(n):
+        if n == 5000:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    @topo.sink(inputs=work)
+    def store(n):
+        pass
+
+    with pytest.raises(RunFailed) as caught:
+        run(topo)
+    assert caught.value.node == "work"
+    assert caught.value.signal_name == "SIGKILL"
+    assert "died: killed by SIGKILL" in str(caught.value)
+    assert processes_of_this_session() == []
+
+
+def test_a_replica_stuck_in_user_code_is_killed_when_another_fails():
+    topo = Topology("stuck")
+
+    @topo.source
+    def numbers():
+        yield from range(10)
+
+    @topo.node(inputs=numbers, parallelism=2)
+    def work(n):
+        if context().replica == 0:
+            time.sleep(3600)
+        raise ValueError("replica 1 fails")
+
+    @topo.sink(inputs=work)
+    def store(n):
+        pass
+
+    started = time.monotonic()
+    with pytest.raises(RunFailed, match="replica 1 fails"):
+        run(topo)
+    assert processes_of_this_session() == []
+    assert time.monotonic() - started < 30  # a hang guard, not a speed check
+
+
+def _refuse_to_load():
+    raise RuntimeError("this object cannot be rebuilt in a worker")
+
+
+class _Unloadable:
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def test_an_error_while_loading_node_code_is_reported_as_a_failure(mode):
+    topo = Topology("unloadable")
+
+    @topo.source
+    def numbers():
+        yield 1
+
+    class Store:
+        def __init__(self):
+            self.part = _Unloadable()
+
+        def process(self, n):
+            pass
+
+    topo.sink(Store(), inputs=numbers, name="store")
+    with pytest.raises(RunFailed) as caught:
+        run(topo, inproc=mode == "inproc")
+    assert caught.value.phase == "load"
+    assert "failed in loading its code: RuntimeError: this object cannot be rebuilt in a worker" in str(caught.value)
+
+
+SLOW_TOPOLOGY = """
+    import time
+    from flowgraph import Topology
+
+    topo = Topology("slow")
+
+    @topo.source(parallelism=2)
+    def numbers():
+        for n in range(1_000_000):
+            yield n
+
+    @topo.node(inputs=numbers, parallelism=2)
+    def work(n):
+        return n
+
+    @topo.sink(inputs=work)
+    class Store:
+        def setup(self):
+            self.count = 0
+
+        def process(self, n):
+            self.count += 1
+            if self.count == 1000:
+                print("sink is working", flush=True)
+            time.sleep(0.001)
+"""
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_every_replica_and_exits_130_or_143(tmp_path, signum, code):
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
+    with Cli("run", str(path)) as cli:
+        cli.wait_for_line("sink is working")
+        workers = cli.descendants()
+        assert len(workers) == 5
+        cli.signal(signum)
+        assert cli.wait(10) == code
+        _, alive = psutil.wait_procs(workers, timeout=1)
+        assert alive == []
+        assert f"interrupted by {signal.Signals(signum).name}" in cli.output
+
+
+def test_workers_exit_by_themselves_when_the_launcher_is_killed(tmp_path):
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
+    with Cli("run", str(path)) as cli:
+        cli.wait_for_line("sink is working")
+        workers = cli.descendants()
+        cli.signal(signal.SIGKILL)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert reap(alive, 0) == []
+
+
+def test_a_failed_run_exits_1_and_prints_node_replica_and_traceback(tmp_path):
+    path = write_topology(tmp_path, """
+        from flowgraph import Topology
+
+        topo = Topology("broken")
+
+        @topo.source
+        def numbers():
+            yield from range(100)
+
+        @topo.node(inputs=numbers, parallelism=3)
+        def parse(n):
+            if n == 42:
+                return {"n": n}["missing"]
+            return n
+
+        @topo.sink(inputs=parse)
+        def store(n):
+            pass
+    """)
+    with Cli("run", str(path)) as cli:
+        assert cli.wait(60) == 1
+        output = cli.output
+    assert "flowgraph: error: node 'parse' replica" in output
+    assert "on localhost failed in process(): KeyError: 'missing'" in output
+    assert 'return {"n": n}["missing"]' in output
+    assert "while processing item: 42" in output
+
+
+def test_interrupting_a_python_run_raises_run_interrupted(mode):
+    topo = Topology("interrupted")
+
+    @topo.source
+    def numbers():
+        n = 0
+        while True:
+            yield n
+            n += 1
+
+    @topo.sink(inputs=numbers)
+    def store(n):
+        if n == 1000:
+            os.kill(os.getpid() if mode == "inproc" else os.getppid(), signal.SIGINT)
+
+    with pytest.raises(RunInterrupted) as caught:
+        run(topo, inproc=mode == "inproc")
+    assert caught.value.exit_code == 130
