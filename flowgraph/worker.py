@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ITEM_REPR_CHARS = 200
+_SLOW_ITEM_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,26 @@ class _Replica:
             log.warning("%s: ignored control message %r while waiting for %r", self.job.replica.id, got, kind)
 
     def _generate(self, operator: Operator) -> None:
+        """Emit what the source yields; a partial batch goes out once it lingered or the source is slow.
+
+        A source that took longer than ``_SLOW_ITEM_S`` for its last item is
+        not producing fast enough to fill batches: its items go out at once.
+        """
         outputs = self.outputs
         emit = outputs.emit
         clock = time.monotonic
         try:
-            for item in generated(operator.generate()):
+            items = generated(operator.generate())
+            while True:
+                asked = clock()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                now = clock()
                 emit(item)
                 self.items_out += 1
-                if clock() >= outputs.deadline:
+                if now >= outputs.deadline or now - asked > _SLOW_ITEM_S:
                     self._flush_and_check()
         except Stopped:
             raise

@@ -52,6 +52,25 @@ def reap(processes: list[psutil.Process], timeout_s: float) -> list[str]:
     return [text for text in described if int(text.split()[0]) in alive_pids]
 
 
+def still_running(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """The processes that have neither exited nor become zombies within ``timeout_s``.
+
+    A zombie has ended; only its parent (which may be the stopped launcher) can reap it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        running = []
+        for process in processes:
+            try:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    running.append(process)
+            except psutil.NoSuchProcess:
+                continue
+        if not running or time.monotonic() > deadline:
+            return running
+        psutil.wait_procs(running, timeout=0.2)
+
+
 def write_topology(directory: Path, source: str, name: str = "topo.py") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(source))

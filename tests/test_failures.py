@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from flowgraph import RunFailed, RunInterrupted, Topology, context, run
-from helpers import Cli, processes_of_this_session, reap, write_topology
+from helpers import Cli, processes_of_this_session, reap, still_running, write_topology
 
 
 def failing_topology(where: str) -> Topology:
@@ -159,6 +159,7 @@ def test_an_error_while_loading_node_code_is_reported_as_a_failure(mode):
 
 
 SLOW_TOPOLOGY = """
+    import os
     import time
     from flowgraph import Topology
 
@@ -181,7 +182,7 @@ SLOW_TOPOLOGY = """
         def process(self, n):
             self.count += 1
             if self.count == 1000:
-                print("sink is working", flush=True)
+                print("sink is working pid=" + str(os.getpid()), flush=True)
             time.sleep(0.001)
 """
 
@@ -257,3 +258,23 @@ def test_interrupting_a_python_run_raises_run_interrupted(mode):
     with pytest.raises(RunInterrupted) as caught:
         run(topo, inproc=mode == "inproc")
     assert caught.value.exit_code == 130
+
+
+def test_workers_exit_by_themselves_when_the_launcher_stops_answering(tmp_path):
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
+    with Cli("run", str(path)) as cli:
+        cli.wait_for_line("sink is working")
+        workers = cli.descendants()
+        cli.signal(signal.SIGSTOP)  # alive, holding the workers' stdin open, but silent
+        assert still_running(workers, timeout_s=30) == []
+
+
+def test_a_frozen_replica_fails_the_run_when_its_heartbeat_stops(tmp_path):
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
+    with Cli("run", str(path)) as cli:
+        line = cli.wait_for_line("sink is working")
+        store = psutil.Process(int(line.split("pid=")[1]))
+        store.suspend()
+        assert cli.wait(60) == 1
+        assert "node 'Store' replica 0 on localhost stopped answering: no heartbeat for 10 s" in cli.output
+        assert not psutil.pid_exists(store.pid) or store.status() == psutil.STATUS_ZOMBIE

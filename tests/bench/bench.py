@@ -1,0 +1,114 @@
+"""flowgraph benchmarks: throughput, startup and memory, each as whole ``flowgraph run`` invocations.
+
+Run with ``bin/bench`` (``--quick`` for a smoke run, ``--json`` for machine-readable output).
+Throughput is the marginal rate (N_big - N_small) / (t_big - t_small), so startup and
+shutdown are measured separately and not hidden in the rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+PIPELINES = Path(__file__).with_name("pipelines.py")
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_rss_bytes: int
+
+
+def flowgraph_run(variable: str, *options: str, **params: object) -> Run:
+    """Run ``flowgraph run pipelines.py:variable`` and measure wall time and peak total RSS."""
+    command = [sys.executable, "-m", "flowgraph", "run", "--quiet", f"{PIPELINES}:{variable}", *options]
+    for key, value in params.items():
+        command += ["--set", f"{key}={value}"]
+    peak = [0]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = threading.Event()
+    sampler = threading.Thread(target=_sample_rss, args=(process.pid, done, peak), daemon=True)
+    sampler.start()
+    try:
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        done.set()
+        sampler.join()
+        if process.poll() is None:
+            process.kill()
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"benchmark run failed ({' '.join(command)}):\n{stderr.decode()}")
+    return Run(seconds, peak[0])
+
+
+def _sample_rss(pid: int, done: threading.Event, peak: list[int]) -> None:
+    while not done.wait(0.02):
+        try:
+            root = psutil.Process(pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        total = 0
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        peak[0] = max(peak[0], total)
+
+
+def marginal_rate(mode_options: list[str], small: int, big: int, repeat: int) -> tuple[float, float]:
+    """(items per second, seconds of the small run) as the best of ``repeat`` pairs."""
+    best_rate, best_small = 0.0, float("inf")
+    for _ in range(repeat):
+        t_small = flowgraph_run("small_dicts", *mode_options, count=small).seconds
+        t_big = flowgraph_run("small_dicts", *mode_options, count=big).seconds
+        if t_big > t_small:
+            best_rate = max(best_rate, (big - small) / (t_big - t_small))
+        best_small = min(best_small, t_small)
+    return best_rate, best_small
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    small, big = (1_000, 50_000) if args.quick else (10_000, 1_000_000)
+    repeat = 1 if args.quick else 3
+    stream = (200, 10_000, 0.0) if args.quick else (10_000, 100_000, 0.0001)
+    results: dict[str, object] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+    for mode, options in (("local", []), ("inproc", ["--inproc"])):
+        rate, startup = marginal_rate(options, small, big, repeat)
+        results[f"{mode}_small_dicts_items_per_s"] = round(rate)
+        results[f"{mode}_run_of_{small}_items_s"] = round(startup, 3)
+    count, item_bytes, sleep_s = stream
+    slow = flowgraph_run("slow_sink", count=count, item_bytes=item_bytes, sleep_s=sleep_s)
+    results["slow_sink_stream_mb"] = count * item_bytes / 1e6
+    results["slow_sink_peak_total_rss_mb"] = round(slow.peak_rss_bytes / 1e6, 1)
+    results["slow_sink_seconds"] = round(slow.seconds, 2)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        width = max(map(len, results))
+        for key, value in results.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
