@@ -1,7 +1,7 @@
 """The entry of a worker process: ``python -m flowgraph worker``.
 
 The launcher writes one length-prefixed pickle to the worker's stdin (token,
-control endpoint, which replica, and the cloudpickled spec and plan) and
+control endpoint, which replica, the cloudpickled plan and node) and
 keeps stdin open: when it closes, the launcher is gone and the worker stops
 (hard exit after ``STOP_GRACE_S`` if user code does not return). The token
 never appears on a command line or on disk.

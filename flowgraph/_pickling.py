@@ -26,17 +26,20 @@ _INSTALLED_ROOTS = tuple(
 _BY_REFERENCE_PACKAGES = {"flowgraph", "nodes"}
 
 
-def dump_payload(spec: TopologySpec, plan: Any) -> bytes:
-    """Pickle (spec, plan) for workers, user modules by value.
+def dump_for_workers(spec: TopologySpec, plan: Any) -> tuple[bytes, dict[str, bytes]]:
+    """The plan and each node's spec, pickled apart, user modules by value.
 
-    ``cloudpickle.loads`` of the result gives fresh node objects each time.
+    A worker unpickles the plan (which carries by_key functions) and only
+    its own node, so one node's code never has to load where another runs.
+    ``cloudpickle.loads`` gives fresh node objects each time.
     """
     for node in spec.nodes:
         _register_module_by_value(node.code)
         for edge in node.inputs:
             if callable(edge.grouping.key):
                 _register_module_by_value(edge.grouping.key)
-    return cloudpickle.dumps((spec, plan), protocol=5)
+    nodes = {node.name: cloudpickle.dumps(node, protocol=5) for node in spec.nodes}
+    return cloudpickle.dumps(plan, protocol=5), nodes
 
 
 def unpicklable_reason(node: NodeSpec) -> str | None:

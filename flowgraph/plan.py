@@ -50,17 +50,20 @@ class BufferSettings:
     socket_buffer_bytes: int = 256 * 1024
     """Kernel send and receive buffer of every TCP data socket (SO_SNDBUF / SO_RCVBUF)."""
 
-    def pair_bound(self) -> tuple[int, str]:
-        """Batches and a description of the bytes one producer→consumer pair can hold.
+    def pair_bound(self) -> tuple[int, int, str]:
+        """(batches, kernel bytes, description) one producer→consumer pair can hold at most.
 
-        A pair holds at most: the producer's pending batch, ``hwm`` batches in
-        the PUSH/XPUB queue, ``hwm`` in the PULL/SUB queue, the batch the
-        consumer is working on, plus what the two kernel socket buffers hold.
+        Batches: the producer's pending batch, ``hwm`` in the PUSH/XPUB queue,
+        one being written by the sending ZeroMQ I/O thread, one being read by
+        the receiving one, ``hwm`` in the PULL/SUB queue and the one the
+        consumer works on. Bytes: those batches, plus the two kernel socket
+        buffers over TCP (Linux doubles the size it is given).
         """
-        batches = 2 * self.hwm + 2
-        return batches, (
+        batches = 2 * self.hwm + 4
+        kernel_bytes = 2 * 2 * self.socket_buffer_bytes
+        return batches, kernel_bytes, (
             f"{batches} batches of <= {self.batch_items} items and <= max({_size(self.batch_bytes)}, "
-            f"one item) + {_size(2 * self.socket_buffer_bytes)} of socket buffers"
+            f"one item) + {_size(kernel_bytes)} in kernel socket buffers"
         )
 
 
@@ -255,7 +258,7 @@ def describe_plan(plan: Plan) -> str:
             f"  {edge.name:<30} {str(edge.grouping):<18} {producer}->{consumer}  "
             f"{edge.producers}x{edge.consumers} pairs"
         )
-    batches, bound = plan.buffers.pair_bound()
+    _, _, bound = plan.buffers.pair_bound()
     lines += [
         "",
         f"buffers: batch <= {plan.buffers.batch_items} items / {_size(plan.buffers.batch_bytes)}, "

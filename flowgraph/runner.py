@@ -11,7 +11,7 @@ from typing import Any
 
 import zmq
 
-from ._pickling import dump_payload
+from ._pickling import dump_for_workers
 from .control import Coordinator, Done
 from .dsl import Topology, TopologySpec
 from .errors import HostError, RunFailed, RunInterrupted, TopologyError
@@ -76,7 +76,7 @@ def run(
     if remote:
         raise HostError(f"replicas are placed on {', '.join(remote)}, but running on remote hosts "
                         "is not available yet; run without --hosts and hosts=")
-    payload = dump_payload(spec, plan)
+    plan_blob, node_blobs = dump_for_workers(spec, plan)
     context = zmq.Context()
     backend: Backend = InprocBackend(context) if inproc else LocalBackend()
     token = secrets.token_bytes(16)
@@ -84,7 +84,8 @@ def run(
     config = WorkerConfig(
         token=token,
         control=coordinator.endpoint,
-        payload=payload,
+        plan=plan_blob,
+        nodes=node_blobs,
         bind_base=backend.data_bind,
         params=dict(params or {}),
         collect=collect,

@@ -65,16 +65,17 @@ def run_configured(config: Mapping[str, Any], context: zmq.Context, control: Con
     unpickle (a module missing here, a ``__reduce__`` that raises) is
     reported like any other error, in phase ``load``.
     """
-    node, index = config["replica"]
+    node_name, index = config["replica"]
     try:
-        spec, plan = cloudpickle.loads(config["payload"])
+        plan = cloudpickle.loads(config["plan"])
+        node = cloudpickle.loads(config["node"])
     except Exception as error:  # unpickling can raise anything user code raises
         _send_error(control, _Failure("load", error))
         return False
     job = ReplicaJob(
         plan=plan,
-        replica=plan.replica(node, index),
-        node=spec.node(node),
+        replica=plan.replica(node_name, index),
+        node=node,
         token=config["token"],
         bind_base=config["bind_base"],
         params=config["params"],

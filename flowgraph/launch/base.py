@@ -30,8 +30,10 @@ class WorkerConfig:
 
     token: bytes
     control: str
-    payload: bytes
-    """cloudpickle of (spec, plan)."""
+    plan: bytes
+    """cloudpickle of the plan."""
+    nodes: Mapping[str, bytes]
+    """cloudpickle of each node's spec, by node name."""
     bind_base: str
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: frozenset[str] = frozenset()
@@ -42,7 +44,8 @@ class WorkerConfig:
         return {
             "token": self.token,
             "control": self.control,
-            "payload": self.payload,
+            "plan": self.plan,
+            "node": self.nodes[replica.node],
             "bind_base": self.bind_base,
             "params": dict(self.params),
             "collect": replica.node in self.collect,
