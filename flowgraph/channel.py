@@ -189,6 +189,7 @@ class Inputs:
         count = len(self._sockets)
         for _ in range(count):
             socket = self._sockets[self._turn]
+            self._turn = (self._turn + 1) % count  # take turns, so no input starves another
             while True:
                 try:
                     frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -197,7 +198,6 @@ class Inputs:
                 batch = self._accept(frames)
                 if batch is not None:
                     return batch
-            self._turn = (self._turn + 1) % count
         return None
 
     def wait(self, timeout_ms: int = 1000) -> None:

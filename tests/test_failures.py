@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import psutil
@@ -156,6 +157,39 @@ def test_an_error_while_loading_node_code_is_reported_as_a_failure(mode):
         run(topo, inproc=mode == "inproc")
     assert caught.value.phase == "load"
     assert "failed in loading its code: RuntimeError: this object cannot be rebuilt in a worker" in str(caught.value)
+
+
+def _die_loudly():
+    sys.stderr.write("worker is dying on purpose\n")
+    sys.stderr.flush()
+    os._exit(3)
+
+
+class _Deadly:
+    def __reduce__(self):
+        return (_die_loudly, ())
+
+
+def test_a_worker_that_dies_before_it_reports_is_named_with_its_last_output():
+    topo = Topology("deadly")
+
+    @topo.source
+    def numbers():
+        yield 1
+
+    class Store:
+        def __init__(self):
+            self.part = _Deadly()
+
+        def process(self, n):
+            pass
+
+    topo.sink(Store(), inputs=numbers, name="store")
+    with pytest.raises(RunFailed) as caught:
+        run(topo)
+    assert caught.value.node == "store"
+    assert "node 'store' replica 0 on localhost died: exited with status 3; its last output:" in str(caught.value)
+    assert "worker is dying on purpose" in str(caught.value)
 
 
 SLOW_TOPOLOGY = """

@@ -7,6 +7,7 @@ import os
 import selectors
 import sys
 import threading
+import time
 from typing import IO
 
 _TAIL_LINES = 20
@@ -19,6 +20,7 @@ class OutputForwarder:
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._tails: dict[str, collections.deque[str]] = {}
+        self._ended: dict[str, list[threading.Event]] = {}
         self._wake_read, self._wake_write = os.pipe()
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._open = 0
@@ -30,16 +32,21 @@ class OutputForwarder:
         """Forward ``stdout`` to our stdout and ``stderr`` to our stderr, prefixed with ``[label]``."""
         with self._lock:
             self._tails[replica_id] = collections.deque(maxlen=_TAIL_LINES)
+            self._ended[replica_id] = []
             for pipe, target in ((stdout, sys.stdout), (stderr, sys.stderr)):
                 if pipe is not None:
                     tail = self._tails[replica_id] if target is sys.stderr else None
-                    self._selector.register(pipe, selectors.EVENT_READ,
-                                            _Stream(f"[{label}] ", target, tail))
+                    stream = _Stream(f"[{label}] ", target, tail)
+                    self._ended[replica_id].append(stream.ended)
+                    self._selector.register(pipe, selectors.EVENT_READ, stream)
                     self._open += 1
         os.write(self._wake_write, b"x")
 
-    def tail(self, replica_id: str) -> str:
-        """The last lines ``replica_id`` wrote to stderr."""
+    def tail(self, replica_id: str, wait_s: float = 1.0) -> str:
+        """The last lines ``replica_id`` wrote to stderr (waiting up to ``wait_s`` for its pipes to close)."""
+        deadline = time.monotonic() + wait_s
+        for ended in self._ended.get(replica_id, []):
+            ended.wait(max(0.0, deadline - time.monotonic()))
         with self._lock:
             return "".join(self._tails.get(replica_id, ()))
 
@@ -75,6 +82,7 @@ class _Stream:
         self._target = target
         self._tail = tail
         self._partial = b""
+        self.ended = threading.Event()
 
     def feed(self, chunk: bytes) -> None:
         *lines, self._partial = (self._partial + chunk).split(b"\n")
@@ -84,6 +92,7 @@ class _Stream:
         if self._partial:
             self._write([self._partial])
             self._partial = b""
+        self.ended.set()
 
     def _write(self, lines: list[bytes]) -> None:
         if not lines:

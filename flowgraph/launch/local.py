@@ -53,9 +53,16 @@ class LocalBackend:
             )
             self._processes[replica.id] = process
             self._output.follow(replica.id, f"{replica.id}@{replica.host}", process.stdout, process.stderr)
-            assert process.stdin is not None
-            process.stdin.write(encode_config(config.for_replica(replica, LAUNCHER_TIMEOUT_S)))
-            process.stdin.flush()
+        # Configurations are written once every process is starting: a write larger than
+        # the pipe buffer waits for its worker to read, and they all start meanwhile.
+        for replica in replicas:
+            stdin = self._processes[replica.id].stdin
+            assert stdin is not None
+            try:
+                stdin.write(encode_config(config.for_replica(replica, LAUNCHER_TIMEOUT_S)))
+                stdin.flush()
+            except BrokenPipeError:
+                pass  # the worker died at start; exits() reports it with its last output
 
     def exits(self) -> list[Exit]:
         """Replicas whose process ended since the last call."""
