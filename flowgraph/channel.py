@@ -307,7 +307,11 @@ class _Edge:
 
 
 class _PushEdge(_Edge):
-    """shuffle and by_key: one PUSH socket per consumer replica."""
+    """shuffle and by_key: one PUSH socket and one pending batch per consumer replica."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
 
     def open(self, context: zmq.Context, connects: Sequence[ConnectPlan],
              address_book: Mapping[str, Mapping[str, str]]) -> None:
@@ -318,6 +322,22 @@ class _PushEdge(_Edge):
             self.sockets.append(socket)
         self._seq = [0] * len(self.sockets)
 
+    def flush(self) -> None:
+        for consumer in range(self.plan.consumers):
+            self._flush_one(consumer)
+
+    def _flush_one(self, consumer: int) -> None:
+        items = self._pending[consumer]
+        if not items:
+            return
+        self._pending[consumer] = []
+        self._send_batch(consumer, items)
+
+    def _send_batch(self, consumer: int, items: list[Any]) -> None:
+        frames = self._frames(consumer, wire.Kind.BATCH, items)
+        self._send_waiting(self.sockets[consumer], frames)
+        self._account(items, frames)
+
     def send_eos(self) -> None:
         self.flush()
         for index, socket in enumerate(self.sockets):
@@ -325,45 +345,40 @@ class _PushEdge(_Edge):
 
 
 class _ShuffleEdge(_PushEdge):
-    """Each batch goes to the next consumer (round robin) that has room for it."""
+    """Items are dealt round robin; a batch whose consumer is full goes to one with room."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._pending: list[Any] = []
         self._next = 0
         self._poller = zmq.Poller()
 
     def open(self, *args: Any) -> None:
         super().open(*args)
-        for socket in [*self.sockets, self._control.socket]:
-            self._poller.register(socket, zmq.POLLOUT if socket in self.sockets else zmq.POLLIN)
+        for socket in self.sockets:
+            self._poller.register(socket, zmq.POLLOUT)
+        self._poller.register(self._control.socket, zmq.POLLIN)
 
     def add(self, item: Any) -> None:
-        self._pending.append(item)
-        if len(self._pending) >= self._limit:
-            self.flush()
+        consumer = self._next
+        self._next = (consumer + 1) % self.plan.consumers
+        pending = self._pending[consumer]
+        pending.append(item)
+        if len(pending) >= self._limit:
+            self._flush_one(consumer)
 
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending)
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        items, self._pending = self._pending, []
+    def _send_batch(self, consumer: int, items: list[Any]) -> None:
         payload = wire.encode_items(items)
         count = len(self.sockets)
         started = None
         while True:
             for offset in range(count):
-                index = (self._next + offset) % count
+                index = (consumer + offset) % count
                 frames = self._frames(index, wire.Kind.BATCH, items, payload)
                 try:
                     self.sockets[index].send_multipart(frames, zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     self._seq[index] -= 1
                     continue
-                self._next = (index + 1) % count
                 self._account(items, frames)
                 if started is not None:
                     self.stats.blocked_s += time.monotonic() - started
@@ -375,13 +390,12 @@ class _ShuffleEdge(_PushEdge):
 
 
 class _KeyedEdge(_PushEdge):
-    """by_key: a pending batch per consumer replica, chosen by a stable hash of the key."""
+    """by_key: the consumer replica comes from a stable hash of the key."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         key = self.plan.grouping.key
         self._key: Callable[[Any], Any] = key if callable(key) else (lambda item: item[key])
-        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
 
     def add(self, item: Any) -> None:
         consumer = replica_for_key(self._key(item), self.plan.consumers)
@@ -389,23 +403,6 @@ class _KeyedEdge(_PushEdge):
         pending.append(item)
         if len(pending) >= self._limit:
             self._flush_one(consumer)
-
-    @property
-    def has_pending(self) -> bool:
-        return any(self._pending)
-
-    def flush(self) -> None:
-        for consumer in range(self.plan.consumers):
-            self._flush_one(consumer)
-
-    def _flush_one(self, consumer: int) -> None:
-        items = self._pending[consumer]
-        if not items:
-            return
-        self._pending[consumer] = []
-        frames = self._frames(consumer, wire.Kind.BATCH, items)
-        self._send_waiting(self.sockets[consumer], frames)
-        self._account(items, frames)
 
 
 class _BroadcastEdge(_Edge):
@@ -454,10 +451,6 @@ class _BroadcastEdge(_Edge):
         self._pending.append(item)
         if len(self._pending) >= self._limit:
             self.flush()
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending)
 
     def flush(self) -> None:
         if not self._pending:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import time
 
-from flowgraph import Topology, broadcast, by_key, context, run
+from flowgraph import BufferSettings, Topology, broadcast, by_key, context, run
 from flowgraph.testing import run_and_collect
 
 
@@ -337,3 +337,27 @@ def test_report_counts_items_per_node_and_replica(mode):
     assert report["store"].items_in == 200
     assert report.mode == mode
     assert "store" in report.summary()
+
+
+def test_shuffle_sends_most_items_to_the_replica_that_keeps_up(mode):
+    topo = Topology("uneven")
+
+    @topo.source
+    def numbers():
+        for n in range(3000):
+            yield (n, b"x" * 10_000)  # big enough that kernel socket buffers hold few of them
+
+    @topo.node(inputs=numbers, parallelism=2)
+    def work(item):
+        if context().replica == 0:
+            time.sleep(0.002)
+        return item[0]
+
+    @topo.sink(inputs=work)
+    def store(n):
+        pass
+
+    result = run_and_collect(topo, mode=mode, collect=["work", "store"], buffers=BufferSettings(batch_items=16, hwm=1))
+    slow, fast = (len(items) for items in result.by_replica("work"))
+    assert slow + fast == 3000 and sorted(result["store"]) == list(range(3000))
+    assert slow < 3000 // 4, (slow, fast)

@@ -1,0 +1,81 @@
+"""Crawl a web site: fetch → analyze → store, into SQLite.
+
+    flowgraph run topologies/crawl.py
+    flowgraph run topologies/crawl.py --set db=valley.db
+    flowgraph run topologies/crawl.py --set url=http://127.0.0.1:8000/ --set db=other.db
+
+By default it crawls the small site bundled in ``topologies/site/``, which
+this file serves on 127.0.0.1 from the launcher's process, so it runs
+offline. The pages to fetch are the URLs listed in the site's
+``sitemap.txt`` (or only ``url`` itself if it has none). Four replicas fetch
+(keep-alive connections, retries, errors kept as rows), two analyze (title,
+word count, top words, links; by URL), one stores every page as a row of
+table ``pages`` in ``./crawl.db`` (``--set db=FILE``) and prints where.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urljoin
+
+from flowgraph import Topology, by_key, context
+from nodes.http import Fetch
+from nodes.sqlite import SQLiteStore, count_rows
+from nodes.text import AnalyzePage
+
+SITE = Path(__file__).resolve().parent / "site"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve_site(directory: Path) -> str:
+    """Serve ``directory`` on 127.0.0.1 from a daemon thread; returns its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, name="crawl-site", daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+BUNDLED_SITE_URL = serve_site(SITE)
+
+topo = Topology("crawl")
+
+
+@topo.source
+def seeds():
+    """The URLs of the site's sitemap.txt, or the site URL alone."""
+    base = context().params.get("url", BUNDLED_SITE_URL)
+    try:
+        with urllib.request.urlopen(urljoin(base, "sitemap.txt"), timeout=10) as response:
+            paths = response.read().decode().split()
+    except urllib.error.HTTPError:
+        paths = [""]
+    for path in paths:
+        yield urljoin(base, path)
+
+
+fetch = topo.node(Fetch(timeout_s=10), inputs=seeds, parallelism=4, name="fetch")
+analyze = topo.node(AnalyzePage(top_n=5), inputs={fetch: by_key("url")}, parallelism=2, name="analyze")
+
+
+class StorePages(SQLiteStore):
+    """Pages into table ``pages`` of ``--set db=FILE`` (default ./crawl.db); says where at the end."""
+
+    def setup(self) -> None:
+        self.path = context().params.get("db", "crawl.db")
+        super().setup()
+
+    def finish(self) -> None:
+        super().finish()
+        print(f"stored {count_rows(self.path, self.table)} pages in table {self.table!r} of {self.path}")
+
+
+topo.sink(StorePages(None, "pages"), inputs=analyze, name="store")
