@@ -32,6 +32,9 @@ SITE = Path(__file__).resolve().parent / "site"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so each fetch replica reuses its connection
+    disable_nagle_algorithm = True
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
