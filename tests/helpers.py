@@ -71,6 +71,40 @@ def still_running(processes: list[psutil.Process], timeout_s: float) -> list[psu
         psutil.wait_procs(running, timeout=0.2)
 
 
+class PeakRss:
+    """Samples the summed RSS of a process and all its descendants until stopped; ``peak`` in bytes."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+        self.peak = 0
+        self._pid = pid
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                root = psutil.Process(self._pid)
+                processes = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            total = 0
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            self.peak = max(self.peak, total)
+
+
 def write_topology(directory: Path, source: str, name: str = "topo.py") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(source))

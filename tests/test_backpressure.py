@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import threading
-
-import psutil
 import pytest
 
 from flowgraph import BufferSettings, Topology
 from flowgraph.testing import run_and_collect
-from helpers import Cli, write_topology
+from helpers import Cli, PeakRss, write_topology
 
 
 def test_a_slow_sink_holds_the_source_back_to_the_buffer_bound(tmp_path, mode):
@@ -46,22 +43,6 @@ def test_a_slow_sink_holds_the_source_back_to_the_buffer_bound(tmp_path, mode):
     assert len(ahead) == 1500
 
 
-def _sample_total_rss(pid: int, stop: threading.Event, peak: list[int]) -> None:
-    while not stop.wait(0.05):
-        try:
-            launcher = psutil.Process(pid)
-            processes = [launcher, *launcher.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
-        total = 0
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        peak[0] = max(peak[0], total)
-
-
 def test_two_gigabytes_through_a_slow_sink_keep_total_memory_far_below_the_stream(tmp_path):
     path = write_topology(tmp_path, """
         import time
@@ -91,19 +72,10 @@ def test_two_gigabytes_through_a_slow_sink_keep_total_memory_far_below_the_strea
             def finish(self):
                 print("stored bytes", self.total)
     """)
-    peak = [0]
-    stop = threading.Event()
-    with Cli("run", str(path)) as cli:
-        sampler = threading.Thread(target=_sample_total_rss, args=(cli.process.pid, stop, peak))
-        sampler.start()
-        try:
-            assert cli.wait(180) == 0, cli.output
-        finally:
-            stop.set()
-            sampler.join()
-        assert "stored bytes 2000000000" in cli.output
-    print(f"peak total RSS {peak[0] / 2**20:.0f} MiB")
-    assert 0 < peak[0] < 500 * 1024 * 1024, f"peak total RSS {peak[0] / 2**20:.0f} MiB"
+    with Cli("run", str(path)) as cli, PeakRss(cli.process.pid) as rss:
+        assert cli.wait(180) == 0, cli.output
+    assert "stored bytes 2000000000" in cli.output
+    assert 0 < rss.peak < 500 * 1024 * 1024, f"peak total RSS {rss.peak / 2**20:.0f} MiB"
 
 
 @pytest.mark.parametrize("hwm", [1, 3])

@@ -13,12 +13,12 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import PeakRss  # noqa: E402  (tests/helpers.py, shared with the test suite)
 
 PIPELINES = Path(__file__).with_name("pipelines.py")
 
@@ -34,39 +34,18 @@ def flowgraph_run(variable: str, *options: str, **params: object) -> Run:
     command = [sys.executable, "-m", "flowgraph", "run", "--quiet", f"{PIPELINES}:{variable}", *options]
     for key, value in params.items():
         command += ["--set", f"{key}={value}"]
-    peak = [0]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done = threading.Event()
-    sampler = threading.Thread(target=_sample_rss, args=(process.pid, done, peak), daemon=True)
-    sampler.start()
     try:
-        _, stderr = process.communicate(timeout=600)
+        with PeakRss(process.pid) as rss:
+            _, stderr = process.communicate(timeout=600)
     finally:
-        done.set()
-        sampler.join()
         if process.poll() is None:
             process.kill()
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"benchmark run failed ({' '.join(command)}):\n{stderr.decode()}")
-    return Run(seconds, peak[0])
-
-
-def _sample_rss(pid: int, done: threading.Event, peak: list[int]) -> None:
-    while not done.wait(0.02):
-        try:
-            root = psutil.Process(pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
-        total = 0
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-        peak[0] = max(peak[0], total)
+    return Run(seconds, rss.peak)
 
 
 def marginal_rate(mode_options: list[str], small: int, big: int, repeat: int) -> tuple[float, float]:
