@@ -138,7 +138,7 @@ class Agent(threading.Thread):
         self._on_stop(reason)
 
 
-def _log_rejection(replica_id: str, event: dict[str, Any]) -> None:
+def _log_rejection(replica_id: str, event: Any) -> None:
     log.warning("%s: rejected a connection to %s: %s (not a ZeroMQ peer of this run)",
                 replica_id, event["endpoint"].decode(), zmq.Event(event["event"]).name)
 

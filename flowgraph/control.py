@@ -90,7 +90,7 @@ class Coordinator:
             if self._socket in events:
                 while self._socket.poll(0):
                     self._handle(self._socket.recv_multipart())
-            if self._monitor in events:
+            if self._monitor is not None and self._monitor in events:
                 event = recv_monitor_message(self._monitor)
                 log.warning("rejected a connection to the control port %s: %s (not a worker of this run)",
                             event["endpoint"].decode(), zmq.Event(event["event"]).name)

@@ -323,7 +323,7 @@ class Topology:
             pairs = [(upstream, shuffle()) for upstream in inputs]
         else:
             raise TopologyError(f"{what}: inputs= takes a handle, a name, a list or a dict, not {inputs!r}")
-        specs = []
+        specs: list[InputSpec] = []
         for upstream, grouping in pairs:
             upstream_name = self._upstream_name(what, upstream)
             if not isinstance(grouping, Grouping):

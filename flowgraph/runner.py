@@ -150,8 +150,8 @@ def _report(plan: Plan, mode: str, done: Mapping[str, Done], launched: float, st
                 bytes_out=sum(edge["bytes"] for edge in edges),
             ))
         nodes[node.name] = NodeReport(node.name, node.kind.value, tuple(replicas))
-        items = [done[r.id].collected for r in plan.replicas if r.node == node.name]
-        if all(batch is not None for batch in items):
-            collected[node.name] = tuple(tuple(batch) for batch in items)
+        batches = [done[r.id].collected for r in plan.replicas if r.node == node.name]
+        if all(batch is not None for batch in batches):
+            collected[node.name] = tuple(tuple(batch or ()) for batch in batches)
     return RunReport(plan.topology, mode, nodes, startup_s=started - launched, wall_s=ended - launched,
                      collected=collected)

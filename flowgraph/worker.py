@@ -21,7 +21,8 @@ import cloudpickle
 import zmq
 
 from ._operator import Operator, emitted, generated, make_operator
-from .channel import ControlPipe, Inputs, Outputs, ProtocolError, Stopped, monitor_handshakes
+from .channel import ControlPipe, Inputs, ProtocolError, Stopped, monitor_handshakes
+from .outputs import Outputs
 from .context import Context, set_context
 from .dsl import NodeKind, NodeSpec
 from .plan import Plan, ReplicaPlan

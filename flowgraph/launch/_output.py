@@ -73,7 +73,7 @@ class OutputForwarder:
                 with self._lock:
                     self._selector.unregister(key.fileobj)
                     self._open -= 1
-                key.fileobj.close()
+                key.fileobj.close()  # type: ignore[union-attr]  # always a pipe we registered
 
 
 class _Stream:

@@ -34,7 +34,7 @@ class InprocBackend:
     """Replica threads in this process, data over ``inproc://``."""
 
     mode = "inproc"
-    heartbeat_timeout_s = None
+    heartbeat_timeout_s: float | None = None
 
     def __init__(self, context: zmq.Context) -> None:
         self._context = context

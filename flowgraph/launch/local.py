@@ -32,7 +32,7 @@ class LocalBackend:
     mode = "local"
     control_bind = "tcp://127.0.0.1"
     data_bind = "tcp://127.0.0.1"
-    heartbeat_timeout_s = 10.0
+    heartbeat_timeout_s: float | None = 10.0
 
     def __init__(self) -> None:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}

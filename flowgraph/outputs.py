@@ -1,0 +1,335 @@
+"""The sending end of a replica: batching, backpressure, end of stream.
+
+``Outputs`` owns one edge object per output edge: it batches items, sends a
+batch only when the socket has room (so a slow consumer slows its
+producers) and sends end of stream behind the last batch on every socket,
+so EOS never overtakes data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from . import wire
+from ._keys import replica_for_key
+from .channel import IDENT_MAGIC, SUBSCRIBE, ControlPipe, ProtocolError, bind_socket, data_socket
+from .dsl import GroupingKind
+from .plan import BufferSettings, ConnectPlan, EdgePlan, Plan, ReplicaPlan, broadcast_slot
+
+log = logging.getLogger(__name__)
+
+_SEND_WAIT_MS = 100
+SUBSCRIBE_TIMEOUT_S = 30.0
+"""Broadcast consumers connect right after the address book; longer than this is a failure."""
+
+
+@dataclass
+class EdgeStats:
+    """Counters of one output edge."""
+
+    items: int = 0
+    batches: int = 0
+    bytes: int = 0
+    blocked_s: float = 0.0
+    """Time spent waiting for a consumer to have room (backpressure)."""
+
+class _Edge:
+    """One output edge: pending batches, sockets, sequence numbers, stats."""
+
+    def __init__(self, edge: EdgePlan, node_index: int, replica: int, token: bytes,
+                 buffers: BufferSettings, control: ControlPipe) -> None:
+        self.plan = edge
+        self.stats = EdgeStats()
+        self._node_index = node_index
+        self._replica = replica
+        self._token = token
+        self._buffers = buffers
+        self._control = control
+        self._limit = 1
+        """Items per batch: adapted after each batch so a batch is about ``batch_bytes``."""
+        self.sockets: list[zmq.Socket] = []
+        self._seq: list[int] = []
+
+    def _frames(self, socket_index: int, kind: wire.Kind, items: list[Any],
+                payload: list[Any] | None = None) -> list[Any]:
+        """Header and payload for the next message on socket ``socket_index``."""
+        if payload is None:
+            payload = wire.encode_items(items) if items else []
+        seq = self._seq[socket_index]
+        self._seq[socket_index] = seq + 1
+        header = wire.encode_header(self._token, kind, self._node_index, self._replica, seq, len(items))
+        return [header, *payload]
+
+    def _account(self, items: list[Any], frames: list[Any]) -> None:
+        size = wire.frames_size(frames)
+        self.stats.items += len(items)
+        self.stats.batches += 1
+        self.stats.bytes += size
+        per_item = max(1, size // len(items))
+        self._limit = max(1, min(self._buffers.batch_items, self._buffers.batch_bytes // per_item))
+
+    def _send_waiting(self, socket: zmq.Socket, frames: list[Any]) -> None:
+        """Send, waiting as long as the consumer has no room (backpressure)."""
+        try:
+            socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return
+        except zmq.Again:
+            pass
+        started = time.monotonic()
+        try:
+            while True:
+                self._control.raise_if_stopped()
+                try:
+                    socket.send_multipart(frames, copy=False)  # blocks up to SNDTIMEO
+                    return
+                except zmq.Again:
+                    continue
+        finally:
+            self.stats.blocked_s += time.monotonic() - started
+
+    def add(self, item: Any) -> None:
+        """Put ``item`` into a pending batch; send the batch when it is full."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Send every pending batch."""
+        raise NotImplementedError
+
+    def send_eos(self) -> None:
+        """Flush, then send end of stream to every consumer replica."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close without linger: called after shutdown, when every consumer already has everything."""
+        for socket in self.sockets:
+            socket.close(linger=0)
+
+
+class _PushEdge(_Edge):
+    """shuffle and by_key: one PUSH socket and one pending batch per consumer replica."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
+
+    def open(self, context: zmq.Context, connects: Sequence[ConnectPlan],
+             address_book: Mapping[str, Mapping[str, str]]) -> None:
+        for connect in connects:
+            socket = data_socket(context, zmq.PUSH, self._buffers)
+            socket.sndtimeo = _SEND_WAIT_MS
+            socket.connect(address_book[connect.peer][connect.slot])
+            self.sockets.append(socket)
+        self._seq = [0] * len(self.sockets)
+
+    def flush(self) -> None:
+        for consumer in range(self.plan.consumers):
+            self._flush_one(consumer)
+
+    def _flush_one(self, consumer: int) -> None:
+        items = self._pending[consumer]
+        if not items:
+            return
+        self._pending[consumer] = []
+        self._send_batch(consumer, items)
+
+    def _send_batch(self, consumer: int, items: list[Any]) -> None:
+        frames = self._frames(consumer, wire.Kind.BATCH, items)
+        self._send_waiting(self.sockets[consumer], frames)
+        self._account(items, frames)
+
+    def send_eos(self) -> None:
+        self.flush()
+        for index, socket in enumerate(self.sockets):
+            self._send_waiting(socket, self._frames(index, wire.Kind.EOS, []))
+
+
+class _ShuffleEdge(_PushEdge):
+    """Items are dealt round robin; a batch whose consumer is full goes to one with room."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._next = 0
+        self._poller = zmq.Poller()
+
+    def open(self, *args: Any) -> None:
+        super().open(*args)
+        for socket in self.sockets:
+            self._poller.register(socket, zmq.POLLOUT)
+        self._poller.register(self._control.socket, zmq.POLLIN)
+
+    def add(self, item: Any) -> None:
+        consumer = self._next
+        self._next = (consumer + 1) % self.plan.consumers
+        pending = self._pending[consumer]
+        pending.append(item)
+        if len(pending) >= self._limit:
+            self._flush_one(consumer)
+
+    def _send_batch(self, consumer: int, items: list[Any]) -> None:
+        payload = wire.encode_items(items)
+        count = len(self.sockets)
+        started = None
+        while True:
+            for offset in range(count):
+                index = (consumer + offset) % count
+                frames = self._frames(index, wire.Kind.BATCH, items, payload)
+                try:
+                    self.sockets[index].send_multipart(frames, zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    self._seq[index] -= 1
+                    continue
+                self._account(items, frames)
+                if started is not None:
+                    self.stats.blocked_s += time.monotonic() - started
+                return
+            started = started or time.monotonic()
+            events = dict(self._poller.poll(_SEND_WAIT_MS))
+            if self._control.socket in events:
+                self._control.raise_if_stopped()
+
+
+class _KeyedEdge(_PushEdge):
+    """by_key: the consumer replica comes from a stable hash of the key."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        key = self.plan.grouping.key
+        self._key: Callable[[Any], Any] = key if callable(key) else (lambda item: item[key])
+
+    def add(self, item: Any) -> None:
+        consumer = replica_for_key(self._key(item), self.plan.consumers)
+        pending = self._pending[consumer]
+        pending.append(item)
+        if len(pending) >= self._limit:
+            self._flush_one(consumer)
+
+
+class _BroadcastEdge(_Edge):
+    """broadcast: one XPUB socket reaching every consumer replica; never drops."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._pending: list[Any] = []
+
+    def create(self, context: zmq.Context, bind_base: str, replica_id: str) -> str:
+        socket = data_socket(context, zmq.XPUB, self._buffers)
+        socket.setsockopt(zmq.XPUB_NODROP, 1)  # a PUB at its HWM silently drops
+        socket.setsockopt(zmq.XPUB_MANUAL, 1)  # we decide which subscriptions count
+        socket.rcvhwm = 1000  # per peer: only subscriptions arrive here, a few per consumer
+        socket.sndtimeo = _SEND_WAIT_MS  # POLLOUT is always set with NODROP: wait in send
+        self.sockets = [socket]
+        self._seq = [0]
+        return bind_socket(socket, bind_base, f"{replica_id}/{broadcast_slot(self.plan.downstream)}")
+
+    def wait_for_subscribers(self) -> None:
+        """Apply valid subscriptions until every consumer replica subscribed (slow joiners)."""
+        socket = self.sockets[0]
+        data_topic = wire.topic(self._token)
+        ident_prefix = IDENT_MAGIC + self._token
+        seen: set[int] = set()
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
+        while len(seen) < self.plan.consumers:
+            if not socket.poll(100):
+                self._control.raise_if_stopped()
+                if time.monotonic() > deadline:
+                    missing = sorted(set(range(self.plan.consumers)) - seen)
+                    raise ProtocolError(
+                        f"{self.plan.name}: replicas {missing} of {self.plan.downstream!r} did not "
+                        f"subscribe within {SUBSCRIBE_TIMEOUT_S:.0f} s"
+                    )
+                continue
+            message = socket.recv()
+            if message == SUBSCRIBE + data_topic:
+                socket.setsockopt(zmq.SUBSCRIBE, data_topic)
+            elif message.startswith(SUBSCRIBE + ident_prefix) and len(message) == 1 + len(ident_prefix) + 4:
+                seen.add(int.from_bytes(message[-4:], "big"))
+            elif message[:1] == SUBSCRIBE:
+                log.warning("%s: ignored a subscription that is not from this run", self.plan.name)
+
+    def add(self, item: Any) -> None:
+        self._pending.append(item)
+        if len(self._pending) >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        items, self._pending = self._pending, []
+        frames = self._frames(0, wire.Kind.BATCH, items)
+        self._send_waiting(self.sockets[0], frames)
+        self._account(items, frames)
+
+    def send_eos(self) -> None:
+        self.flush()
+        self._send_waiting(self.sockets[0], self._frames(0, wire.Kind.EOS, []))
+
+
+class Outputs:
+    """The sending side of a replica: one edge object per output edge."""
+
+    def __init__(self, plan: Plan, replica: ReplicaPlan, token: bytes, control: ControlPipe) -> None:
+        node_index = plan.node(replica.node).index
+        self._replica = replica
+        self._connects = replica.connects
+        kinds = {GroupingKind.SHUFFLE: _ShuffleEdge, GroupingKind.BY_KEY: _KeyedEdge,
+                 GroupingKind.BROADCAST: _BroadcastEdge}
+        self.edges = [
+            kinds[edge.grouping.kind](edge, node_index, replica.index, token, plan.buffers, control)
+            for edge in plan.edges_from(replica.node)
+        ]
+        self._linger_s = plan.buffers.linger_ms / 1000
+        self.deadline = float("inf")
+        """When the oldest pending item has waited ``linger_ms``; ``flush()`` clears it."""
+
+    @property
+    def bound(self) -> list[zmq.Socket]:
+        """The sockets this side binds (strangers can connect to them)."""
+        return [edge.sockets[0] for edge in self.edges if isinstance(edge, _BroadcastEdge)]
+
+    def bind(self, context: zmq.Context, bind_base: str) -> dict[str, str]:
+        """Create and bind the XPUB sockets of broadcast edges; returns {slot: endpoint}."""
+        return {
+            broadcast_slot(edge.plan.downstream): edge.create(context, bind_base, self._replica.id)
+            for edge in self.edges if isinstance(edge, _BroadcastEdge)
+        }
+
+    def connect(self, context: zmq.Context, address_book: Mapping[str, Mapping[str, str]]) -> None:
+        """Connect one PUSH socket per consumer replica of each shuffle/by_key edge."""
+        for edge in self.edges:
+            if isinstance(edge, _PushEdge):
+                connects = [c for c in self._connects if c.edge == edge.plan.name]
+                edge.open(context, connects, address_book)
+
+    def wait_for_subscribers(self) -> None:
+        for edge in self.edges:
+            if isinstance(edge, _BroadcastEdge):
+                edge.wait_for_subscribers()
+
+    def emit(self, item: Any) -> None:
+        """Hand ``item`` to every output edge (a full batch is sent at once)."""
+        if self.deadline == float("inf"):
+            self.deadline = time.monotonic() + self._linger_s
+        for edge in self.edges:
+            edge.add(item)
+
+    def flush(self) -> None:
+        """Send every partial batch."""
+        for edge in self.edges:
+            edge.flush()
+        self.deadline = float("inf")
+
+    def send_eos(self) -> None:
+        """Flush, then send end of stream on every socket, behind the data."""
+        for edge in self.edges:
+            edge.send_eos()
+        self.deadline = float("inf")
+
+    def close(self) -> None:
+        for edge in self.edges:
+            edge.close()
