@@ -24,8 +24,8 @@ from .report import NodeReport as NodeReport
 from .report import ReplicaReport as ReplicaReport
 from .report import RunReport as RunReport
 from .runner import run as run
+from ._version import __version__ as __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "BufferSettings",

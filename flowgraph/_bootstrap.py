@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 
 from .agent import Agent, finish_pipe
+from .security import start_authenticator
 from .worker import run_configured
 
 STOP_GRACE_S = 2.0
@@ -60,15 +61,18 @@ def main() -> int:
         if path not in sys.path:
             sys.path.insert(0, path)
     context = zmq.Context()
+    authenticator = start_authenticator(context, config["curve"]) if config["curve"] is not None else None
     node, index = config["replica"]
-    agent = Agent(context, config["control"], config["token"], f"{node}/{index}",
-                  on_stop=_arm_hard_exit, launcher_timeout_s=config["launcher_timeout_s"])
+    agent = Agent(context, config["control"], config["token"], f"{node}/{index}", on_stop=_arm_hard_exit,
+                  curve=config["curve"], launcher_timeout_s=config["launcher_timeout_s"])
     pipe = agent.pipe()
     agent.start()
     threading.Thread(target=_watch_stdin, args=(agent,), name="flowgraph-stdin", daemon=True).start()
     ok = run_configured(config, context, pipe)
     finish_pipe(pipe)
     agent.join(timeout=STOP_GRACE_S)
+    if authenticator is not None:
+        authenticator.stop()
     context.term()
     return 0 if ok else 1
 

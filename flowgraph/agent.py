@@ -23,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
 from .channel import ControlPipe
+from .security import Curve
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Agent(threading.Thread):
         token: bytes,
         replica_id: str,
         on_stop: Callable[[str], None],
+        curve: Curve | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         launcher_timeout_s: float = LAUNCHER_TIMEOUT_S,
     ) -> None:
@@ -49,6 +51,7 @@ class Agent(threading.Thread):
         self._token = token
         self._replica_id = replica_id
         self._on_stop = on_stop
+        self._curve = curve
         self._heartbeat_s = heartbeat_s
         self._launcher_timeout_s = launcher_timeout_s
         self._pair_endpoint = f"inproc://flowgraph-agent-{id(self)}"
@@ -68,6 +71,8 @@ class Agent(threading.Thread):
     def run(self) -> None:
         dealer = self._context.socket(zmq.DEALER)
         dealer.linger = 2000
+        if self._curve is not None:
+            self._curve.connect(dealer)
         dealer.connect(self._control_endpoint)
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)

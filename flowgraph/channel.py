@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from . import wire
 from .plan import IN_SLOT, BufferSettings, ConnectPlan, Plan, ReplicaPlan
+from .security import Curve
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +60,6 @@ class ControlPipe:
         self.socket.send_pyobj((kind, body, attachment))
 
 
-def bind_socket(socket: zmq.Socket, bind_base: str, name: str) -> str:
-    """Bind to a fresh endpoint under ``bind_base`` and return the real endpoint.
-
-    TCP binds to port 0 (the kernel picks a free port); inproc gets a unique name.
-    """
-    if bind_base.startswith("inproc://"):
-        socket.bind(f"{bind_base}/{name}")
-    else:
-        socket.bind(f"{bind_base}:0")
-    return socket.getsockopt_string(zmq.LAST_ENDPOINT)
-
-
 REJECTED_HANDSHAKES = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -85,15 +75,52 @@ def monitor_handshakes(socket: zmq.Socket) -> str:
     return endpoint
 
 
-def data_socket(context: zmq.Context, kind: int, buffers: BufferSettings) -> zmq.Socket:
-    """A data socket with the run's buffer limits; HWM must be set before bind/connect."""
-    socket = context.socket(kind)
-    socket.linger = 1000
-    socket.sndhwm = buffers.hwm
-    socket.rcvhwm = buffers.hwm
-    socket.setsockopt(zmq.SNDBUF, buffers.socket_buffer_bytes)
-    socket.setsockopt(zmq.RCVBUF, buffers.socket_buffer_bytes)
-    return socket
+@dataclass(frozen=True)
+class Wiring:
+    """How the sockets of one process bind, what they advertise, and their CURVE keys."""
+
+    bind_base: str
+    """``tcp://127.0.0.1``, ``tcp://0.0.0.0`` or ``inproc://<run>``."""
+    advertise: str | None = None
+    """The address peers use instead of the bound one (a host's reachable address)."""
+    curve: Curve | None = None
+    """The run's keys when it leaves this machine: every TCP socket is then CURVE."""
+
+    @property
+    def is_inproc(self) -> bool:
+        return self.bind_base.startswith("inproc://")
+
+    def data_socket(self, context: zmq.Context, kind: int, buffers: BufferSettings) -> zmq.Socket:
+        """A data socket with the run's buffer limits (HWM must be set before bind/connect)."""
+        socket = context.socket(kind)
+        socket.linger = 1000
+        socket.sndhwm = buffers.hwm
+        socket.rcvhwm = buffers.hwm
+        socket.setsockopt(zmq.SNDBUF, buffers.socket_buffer_bytes)
+        socket.setsockopt(zmq.RCVBUF, buffers.socket_buffer_bytes)
+        self.secure(socket, serve=kind in (zmq.PULL, zmq.XPUB, zmq.ROUTER))
+        return socket
+
+    def secure(self, socket: zmq.Socket, serve: bool) -> None:
+        """Apply CURVE (server side for a socket that binds) if the run uses it."""
+        if self.curve is not None:
+            (self.curve.serve if serve else self.curve.connect)(socket)
+
+    def bind(self, socket: zmq.Socket, name: str) -> str:
+        """Bind to a fresh endpoint and return the endpoint peers should connect to.
+
+        TCP binds to port 0 (the kernel picks a free port, never a
+        hard-coded one); inproc gets a unique name.
+        """
+        if self.is_inproc:
+            socket.bind(f"{self.bind_base}/{name}")
+            return socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        socket.bind(f"{self.bind_base}:0")
+        endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.advertise is None:
+            return endpoint
+        return f"tcp://{self.advertise}:{endpoint.rsplit(':', 1)[1]}"
+
 
 class Inputs:
     """The receiving side of a replica: PULL for shuffle/by_key inputs, SUB for broadcast."""
@@ -105,9 +132,11 @@ class Inputs:
         replica: ReplicaPlan,
         token: bytes,
         control: ControlPipe,
+        wiring: Wiring,
     ) -> None:
         self._token = token
         self._control = control
+        self._wiring = wiring
         self._names = {node.index: node.name for node in plan.nodes}
         self._producers = {
             (plan.node(edge.upstream).index, index)
@@ -123,9 +152,9 @@ class Inputs:
         self._sub: zmq.Socket | None = None
         self._subscribed: list[ConnectPlan] = [c for c in replica.connects if c.socket == "SUB"]
         if any(bind.slot == IN_SLOT for bind in replica.binds):
-            self._pull = data_socket(context, zmq.PULL, plan.buffers)
+            self._pull = wiring.data_socket(context, zmq.PULL, plan.buffers)
         if self._subscribed:
-            self._sub = data_socket(context, zmq.SUB, plan.buffers)
+            self._sub = wiring.data_socket(context, zmq.SUB, plan.buffers)
             # Subscriptions travel SUB -> XPUB and a SUB drops them at its send HWM;
             # they are a few bytes each, so never limit them.
             self._sub.sndhwm = 0
@@ -145,11 +174,11 @@ class Inputs:
         """The sockets this side binds (strangers can connect to them)."""
         return [self._pull] if self._pull is not None else []
 
-    def bind(self, bind_base: str) -> dict[str, str]:
+    def bind(self) -> dict[str, str]:
         """Bind the PULL socket; returns {slot: endpoint}."""
         if self._pull is None:
             return {}
-        return {IN_SLOT: bind_socket(self._pull, bind_base, f"{self._replica.id}/{IN_SLOT}")}
+        return {IN_SLOT: self._wiring.bind(self._pull, f"{self._replica.id}/{IN_SLOT}")}
 
     def connect(self, address_book: Mapping[str, Mapping[str, str]]) -> None:
         """Connect the SUB socket to every broadcasting producer and subscribe.

@@ -32,10 +32,15 @@ def run_command(
     hwm: int | None = None,
     quiet: bool = False,
     metrics_json: str | None = None,
+    hosts: str | None = None,
+    ssh_config: str | None = None,
+    remote_python: str | None = None,
+    advertise: str | None = None,
 ) -> int:
     """``flowgraph run``: run the topology named by ``target``; returns the exit code."""
     with _errors_to_exit_codes() as outcome, _sigterm_interrupts():
-        report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm)
+        report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm, hosts=hosts,
+                     ssh_config=ssh_config, remote_python=remote_python, advertise=advertise)
         if not quiet:
             print(report.summary(), file=sys.stderr)
         if metrics_json:
@@ -141,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
     run_parser.add_argument("--metrics-json", metavar="FILE",
                             help="write per node and replica counters to FILE as JSON")
+    remote = run_parser.add_argument_group("remote hosts")
+    remote.add_argument("--hosts", metavar="H1,H2,...|@FILE",
+                        help="spread replicas over these ssh destinations ([user@]host[:port], or localhost "
+                             "for this machine), dealt round robin; @FILE reads a hosts file")
+    remote.add_argument("--ssh-config", metavar="FILE", help="passed to ssh as -F FILE")
+    remote.add_argument("--remote-python", metavar="PATH",
+                        help="the Python with flowgraph installed on the hosts (default python3)")
+    remote.add_argument("--advertise", metavar="ADDR",
+                        help="the address hosts use to reach this machine (default: as their ssh connection saw it)")
 
     check_parser = commands.add_parser("check", help="validate a topology and print its plan")
     check_parser.add_argument("target", metavar="PATH[:VAR]")
@@ -159,6 +173,8 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run" and args.inproc and args.hosts:
+        parser.error("--inproc runs every replica in this process; it cannot be combined with --hosts")
     if args.command == "worker":
         return worker_command()
     logging.basicConfig(level=logging.WARNING, format="flowgraph: %(levelname)s: %(message)s")
@@ -171,4 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         hwm=args.hwm,
         quiet=args.quiet,
         metrics_json=args.metrics_json,
+        hosts=args.hosts,
+        ssh_config=args.ssh_config,
+        remote_python=args.remote_python,
+        advertise=args.advertise,
     )

@@ -29,10 +29,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
 from .agent import HEARTBEAT_S
-from .channel import bind_socket, monitor_handshakes
+from .channel import Wiring, monitor_handshakes
 from .errors import RunFailed
 from .launch.base import Backend, Exit
 from .plan import Plan, ReplicaPlan
+from .security import Curve
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,21 @@ class Done:
 class Coordinator:
     """Drives one run: address book, start barrier, heartbeats, completion, failure."""
 
-    def __init__(self, context: zmq.Context, plan: Plan, token: bytes, backend: Backend) -> None:
+    def __init__(self, context: zmq.Context, plan: Plan, token: bytes, backend: Backend,
+                 curve: Curve | None = None) -> None:
         self._plan = plan
         self._token = token
         self._backend = backend
         self._replicas: dict[str, ReplicaPlan] = {r.id: r for r in plan.replicas}
+        wiring = Wiring(backend.control_bind, curve=curve)
         self._socket = context.socket(zmq.ROUTER)
         self._socket.linger = 0
-        self.endpoint = bind_socket(self._socket, backend.control_bind, "control")
+        wiring.secure(self._socket, serve=True)
+        self.endpoint = wiring.bind(self._socket, "control")
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._monitor: zmq.Socket | None = None
-        if not backend.control_bind.startswith("inproc://"):
+        if not wiring.is_inproc:
             self._monitor = context.socket(zmq.PAIR)
             self._monitor.connect(monitor_handshakes(self._socket))
             self._poller.register(self._monitor, zmq.POLLIN)

@@ -18,7 +18,7 @@ import zmq
 
 from . import wire
 from ._keys import replica_for_key
-from .channel import IDENT_MAGIC, SUBSCRIBE, ControlPipe, ProtocolError, bind_socket, data_socket
+from .channel import IDENT_MAGIC, SUBSCRIBE, ControlPipe, ProtocolError, Wiring
 from .dsl import GroupingKind
 from .plan import BufferSettings, ConnectPlan, EdgePlan, Plan, ReplicaPlan, broadcast_slot
 
@@ -43,7 +43,7 @@ class _Edge:
     """One output edge: pending batches, sockets, sequence numbers, stats."""
 
     def __init__(self, edge: EdgePlan, node_index: int, replica: int, token: bytes,
-                 buffers: BufferSettings, control: ControlPipe) -> None:
+                 buffers: BufferSettings, control: ControlPipe, wiring: Wiring) -> None:
         self.plan = edge
         self.stats = EdgeStats()
         self._node_index = node_index
@@ -51,6 +51,7 @@ class _Edge:
         self._token = token
         self._buffers = buffers
         self._control = control
+        self._wiring = wiring
         self._limit = 1
         """Items per batch: adapted after each batch so a batch is about ``batch_bytes``."""
         self.sockets: list[zmq.Socket] = []
@@ -121,7 +122,7 @@ class _PushEdge(_Edge):
     def open(self, context: zmq.Context, connects: Sequence[ConnectPlan],
              address_book: Mapping[str, Mapping[str, str]]) -> None:
         for connect in connects:
-            socket = data_socket(context, zmq.PUSH, self._buffers)
+            socket = self._wiring.data_socket(context, zmq.PUSH, self._buffers)
             socket.sndtimeo = _SEND_WAIT_MS
             socket.connect(address_book[connect.peer][connect.slot])
             self.sockets.append(socket)
@@ -217,15 +218,15 @@ class _BroadcastEdge(_Edge):
         super().__init__(*args)
         self._pending: list[Any] = []
 
-    def create(self, context: zmq.Context, bind_base: str, replica_id: str) -> str:
-        socket = data_socket(context, zmq.XPUB, self._buffers)
+    def create(self, context: zmq.Context, replica_id: str) -> str:
+        socket = self._wiring.data_socket(context, zmq.XPUB, self._buffers)
         socket.setsockopt(zmq.XPUB_NODROP, 1)  # a PUB at its HWM silently drops
         socket.setsockopt(zmq.XPUB_MANUAL, 1)  # we decide which subscriptions count
         socket.rcvhwm = 1000  # per peer: only subscriptions arrive here, a few per consumer
         socket.sndtimeo = _SEND_WAIT_MS  # POLLOUT is always set with NODROP: wait in send
         self.sockets = [socket]
         self._seq = [0]
-        return bind_socket(socket, bind_base, f"{replica_id}/{broadcast_slot(self.plan.downstream)}")
+        return self._wiring.bind(socket, f"{replica_id}/{broadcast_slot(self.plan.downstream)}")
 
     def wait_for_subscribers(self) -> None:
         """Apply valid subscriptions until every consumer replica subscribed (slow joiners)."""
@@ -273,14 +274,15 @@ class _BroadcastEdge(_Edge):
 class Outputs:
     """The sending side of a replica: one edge object per output edge."""
 
-    def __init__(self, plan: Plan, replica: ReplicaPlan, token: bytes, control: ControlPipe) -> None:
+    def __init__(self, plan: Plan, replica: ReplicaPlan, token: bytes, control: ControlPipe,
+                 wiring: Wiring) -> None:
         node_index = plan.node(replica.node).index
         self._replica = replica
         self._connects = replica.connects
         kinds = {GroupingKind.SHUFFLE: _ShuffleEdge, GroupingKind.BY_KEY: _KeyedEdge,
                  GroupingKind.BROADCAST: _BroadcastEdge}
         self.edges = [
-            kinds[edge.grouping.kind](edge, node_index, replica.index, token, plan.buffers, control)
+            kinds[edge.grouping.kind](edge, node_index, replica.index, token, plan.buffers, control, wiring)
             for edge in plan.edges_from(replica.node)
         ]
         self._linger_s = plan.buffers.linger_ms / 1000
@@ -292,10 +294,10 @@ class Outputs:
         """The sockets this side binds (strangers can connect to them)."""
         return [edge.sockets[0] for edge in self.edges if isinstance(edge, _BroadcastEdge)]
 
-    def bind(self, context: zmq.Context, bind_base: str) -> dict[str, str]:
+    def bind(self, context: zmq.Context) -> dict[str, str]:
         """Create and bind the XPUB sockets of broadcast edges; returns {slot: endpoint}."""
         return {
-            broadcast_slot(edge.plan.downstream): edge.create(context, bind_base, self._replica.id)
+            broadcast_slot(edge.plan.downstream): edge.create(context, self._replica.id)
             for edge in self.edges if isinstance(edge, _BroadcastEdge)
         }
 

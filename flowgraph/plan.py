@@ -30,8 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .dsl import Grouping, GroupingKind, NodeKind, TopologySpec
+from .hosts import LOCALHOST, Host, deal, parse_hosts
 
-LOCALHOST = "localhost"
 IN_SLOT = "in"
 
 
@@ -143,7 +143,17 @@ class Plan:
     nodes: tuple[NodePlan, ...]
     edges: tuple[EdgePlan, ...]
     replicas: tuple[ReplicaPlan, ...]
+    hosts: tuple[Host, ...] = (Host(LOCALHOST),)
+    """Every host that runs a replica, with its settings."""
     buffers: BufferSettings = field(default_factory=BufferSettings)
+
+    def host(self, name: str) -> Host:
+        return next(host for host in self.hosts if host.name == name)
+
+    @property
+    def is_local(self) -> bool:
+        """True when every replica runs on this machine."""
+        return all(host.is_local for host in self.hosts)
 
     def node(self, name: str) -> NodePlan:
         return next(node for node in self.nodes if node.name == name)
@@ -165,18 +175,20 @@ def replica_id(node: str, index: int) -> str:
 
 def plan_run(
     spec: TopologySpec,
-    hosts: Iterable[str] | None = None,
+    hosts: str | Iterable[str] | Iterable[Host] | None = None,
     buffers: BufferSettings | None = None,
 ) -> Plan:
-    """Validate ``spec`` and compute its plan; raises ``TopologyError``.
+    """Validate ``spec`` and compute its plan; raises ``TopologyError`` (or ``HostError``).
 
-    Placement: a node pinned with ``hosts=`` spreads its replicas round robin
-    over those hosts; other nodes over ``hosts`` (default: this machine).
+    Placement: the replicas of nodes without ``hosts=`` are dealt round
+    robin, in plan order, over ``hosts`` (default: this machine; a host with
+    ``slots=N`` takes N turns). A node pinned with ``hosts=`` deals its
+    replicas over those hosts.
     """
     from .graph import topological_order  # networkx: not needed by workers, which unpickle plans
 
     order = topological_order(spec)
-    run_hosts = tuple(hosts) if hosts else (LOCALHOST,)
+    run_hosts = _hosts(hosts) if hosts else (Host(LOCALHOST),)
     nodes = tuple(
         NodePlan(name, spec.node(name).kind, index, spec.node(name).parallelism)
         for index, name in enumerate(order)
@@ -187,12 +199,36 @@ def plan_run(
         for name in order
         for edge in spec.node(name).inputs
     )
-    replicas = tuple(
-        _replica(node, index, edges, parallelism, spec.node(node.name).hosts or run_hosts)
-        for node in nodes
-        for index in range(node.parallelism)
-    )
-    return Plan(spec.name, nodes, edges, replicas, buffers or BufferSettings())
+    replicas = []
+    dealt = 0
+    for node in nodes:
+        pinned = spec.node(node.name).hosts
+        if pinned:
+            placed = deal(tuple(_pinned(name, run_hosts) for name in pinned), node.parallelism)
+        else:
+            placed = deal(run_hosts, node.parallelism, start=dealt)
+            dealt += node.parallelism
+        replicas += [_replica(node, index, edges, parallelism, placed[index].name)
+                     for index in range(node.parallelism)]
+    used = {replica.host for replica in replicas}
+    every_host = {host.name: host for host in [*run_hosts, *(_pinned(name, run_hosts) for node in spec.nodes
+                                                           for name in node.hosts)]}
+    return Plan(spec.name, nodes, edges, tuple(replicas),
+                tuple(host for name, host in every_host.items() if name in used), buffers or BufferSettings())
+
+
+def _hosts(hosts: str | Iterable[str] | Iterable[Host]) -> tuple[Host, ...]:
+    if isinstance(hosts, str):
+        return parse_hosts(hosts)
+    given = list(hosts)
+    if all(isinstance(host, Host) for host in given):
+        return tuple(given)  # type: ignore[arg-type]
+    return parse_hosts([str(host) for host in given])
+
+
+def _pinned(name: str, run_hosts: tuple[Host, ...]) -> Host:
+    """A host named by ``hosts=``: the run's host of that name (with its settings), else a new one."""
+    return next((host for host in run_hosts if host.name == name), None) or parse_hosts([name])[0]
 
 
 def _replica(
@@ -200,7 +236,7 @@ def _replica(
     index: int,
     edges: Sequence[EdgePlan],
     parallelism: dict[str, int],
-    hosts: Sequence[str],
+    host: str,
 ) -> ReplicaPlan:
     inputs = [edge for edge in edges if edge.downstream == node.name]
     outputs = [edge for edge in edges if edge.upstream == node.name]
@@ -223,7 +259,7 @@ def _replica(
         node=node.name,
         index=index,
         kind=node.kind,
-        host=hosts[index % len(hosts)],
+        host=host,
         eos_expected=sum(parallelism[edge.upstream] for edge in inputs),
         binds=tuple(binds),
         connects=tuple(connects),

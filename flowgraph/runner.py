@@ -18,7 +18,9 @@ from .errors import HostError, RunFailed, RunInterrupted, TopologyError
 from .launch.base import Backend, WorkerConfig
 from .launch.inproc import InprocBackend
 from .launch.local import LocalBackend
-from .plan import LOCALHOST, BufferSettings, Plan, plan_run
+from .launch.ssh import SshBackend, SshSettings
+from .plan import BufferSettings, Plan, plan_run
+from .security import Curve, start_authenticator
 from .report import NodeReport, ReplicaReport, RunReport
 
 log = logging.getLogger(__name__)
@@ -31,25 +33,31 @@ SHUTDOWN_TIMEOUT_S = 10.0
 def run(
     topology: Topology | TopologySpec,
     *,
-    hosts: Sequence[str] | None = None,
+    hosts: str | Sequence[str] | None = None,
     inproc: bool = False,
     params: Mapping[str, Any] | None = None,
     hwm: int | None = None,
     buffers: BufferSettings | None = None,
     collect: Iterable[str] = (),
     log_level: int = logging.WARNING,
+    ssh_config: str | None = None,
+    remote_python: str | None = None,
+    advertise: str | None = None,
 ) -> RunReport:
     """Run ``topology`` to its end and return a ``RunReport``.
 
     Every replica is a fresh local process, or with ``inproc=True`` a thread
-    of this process (same wire code, for debugging). ``params`` reach nodes
+    of this process (same wire code, for debugging). ``hosts`` (``"h1,h2"``,
+    ``"@FILE"`` or a list) spreads replicas over machines through ssh (see
+    ``flowgraph.hosts``; ``ssh_config``, ``remote_python`` and ``advertise``
+    are ``--ssh-config``, ``--remote-python`` and ``--advertise``). ``params`` reach nodes
     as ``context().params``. ``hwm`` overrides the high-water mark (in
     batches) of every data socket; ``buffers`` sets all buffer settings.
     ``collect`` names nodes whose received items are returned in
     ``RunReport.collected`` (see ``flowgraph.testing``).
 
     Raises ``TopologyError`` before anything starts if the topology is
-    invalid; ``RunFailed`` (node, replica, host, traceback) if a replica
+    invalid, ``HostError`` if a host cannot run workers; ``RunFailed`` (node, replica, host, traceback) if a replica
     fails or dies, after every replica was stopped; ``RunInterrupted`` on
     Ctrl-C (KeyboardInterrupt), after every replica was stopped.
 
@@ -72,24 +80,26 @@ def run(
     if unknown:
         raise TopologyError(f"cannot collect from {', '.join(map(repr, unknown))}: "
                             f"no such node in topology {spec.name!r}")
-    remote = sorted({r.host for r in plan.replicas} - {LOCALHOST})
-    if remote:
-        raise HostError(f"replicas are placed on {', '.join(remote)}, but running on remote hosts "
-                        "is not available yet; run without --hosts and hosts=")
+    if inproc and not plan.is_local:
+        raise HostError("--inproc runs every replica as a thread of this process; it cannot use other hosts")
     plan_blob, node_blobs = dump_for_workers(spec, plan)
+    # Hosts are probed (HostError) before anything starts.
+    hosts_backend = None if plan.is_local else SshBackend(plan, SshSettings(ssh_config, remote_python, advertise))
     context = zmq.Context()
-    backend: Backend = InprocBackend(context) if inproc else LocalBackend()
+    backend: Backend = InprocBackend(context) if inproc else hosts_backend or LocalBackend()
+    curve = None if plan.is_local else Curve.generate()
+    authenticator = start_authenticator(context, curve) if curve is not None else None
     token = secrets.token_bytes(16)
-    coordinator = Coordinator(context, plan, token, backend)
+    coordinator = Coordinator(context, plan, token, backend, curve)
     config = WorkerConfig(
         token=token,
         control=coordinator.endpoint,
         plan=plan_blob,
         nodes=node_blobs,
-        bind_base=backend.data_bind,
         params=dict(params or {}),
         collect=collect,
         log_level=log_level,
+        curve=curve,
     )
     launched = time.monotonic()
     all_exited = False
@@ -115,6 +125,8 @@ def run(
     finally:
         coordinator.close()
         backend.close()
+        if authenticator is not None:
+            authenticator.stop()
         if all_exited:
             context.term()
     ended = time.monotonic()

@@ -21,7 +21,7 @@ import cloudpickle
 import zmq
 
 from ._operator import Operator, emitted, generated, make_operator
-from .channel import ControlPipe, Inputs, ProtocolError, Stopped, monitor_handshakes
+from .channel import ControlPipe, Inputs, ProtocolError, Stopped, Wiring, monitor_handshakes
 from .outputs import Outputs
 from .context import Context, set_context
 from .dsl import NodeKind, NodeSpec
@@ -42,8 +42,8 @@ class ReplicaJob:
     replica: ReplicaPlan
     node: NodeSpec
     token: bytes
-    bind_base: str
-    """Where data sockets bind: ``tcp://127.0.0.1`` or ``inproc://fg-<run>``."""
+    wiring: Wiring
+    """Where data sockets bind, what they advertise, CURVE keys."""
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: bool = False
     """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""
@@ -78,7 +78,7 @@ def run_configured(config: Mapping[str, Any], context: zmq.Context, control: Con
         replica=plan.replica(node_name, index),
         node=node,
         token=config["token"],
-        bind_base=config["bind_base"],
+        wiring=Wiring(config["bind_base"], config["advertise"], config["curve"]),
         params=config["params"],
         collect=config["collect"],
     )
@@ -102,8 +102,8 @@ class _Replica:
         self.control = control
         replica = job.replica
         self.context = Context(replica.node, replica.index, job.node.parallelism, replica.host, job.params)
-        self.inputs = Inputs(context, job.plan, replica, job.token, control)
-        self.outputs = Outputs(job.plan, replica, job.token, control)
+        self.inputs = Inputs(context, job.plan, replica, job.token, control, job.wiring)
+        self.outputs = Outputs(job.plan, replica, job.token, control, job.wiring)
         self.items_in = 0
         self.items_out = 0
         self.collected: list[Any] = []
@@ -148,10 +148,10 @@ class _Replica:
 
     def _wire_up(self) -> None:
         endpoints = {
-            **self.inputs.bind(self.job.bind_base),
-            **self.outputs.bind(self.zmq_context, self.job.bind_base),
+            **self.inputs.bind(),
+            **self.outputs.bind(self.zmq_context),
         }
-        if not self.job.bind_base.startswith("inproc://"):
+        if not self.job.wiring.is_inproc:
             monitors = [monitor_handshakes(socket) for socket in [*self.inputs.bound, *self.outputs.bound]]
             self.control.send("monitor", {"endpoints": monitors})
         self.control.send("register", {"endpoints": endpoints, "pid": os.getpid()})

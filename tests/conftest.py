@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
 
-from helpers import processes_of_this_session, reap
+from helpers import TestHosts, processes_of_this_session, reap, still_running
 
 MARKER = "FLOWGRAPH_TEST_SESSION"
 os.environ.setdefault(MARKER, uuid.uuid4().hex)
@@ -32,3 +34,26 @@ def no_leftover_processes():
 @pytest.fixture
 def this_process() -> psutil.Process:
     return psutil.Process()
+
+
+@pytest.fixture(scope="session")
+def test_hosts_session():
+    """Three sshd hosts in network namespaces (bin/testhosts), for the whole session."""
+    directory = Path(tempfile.mkdtemp(prefix="flowgraph-testhosts-"))
+    hosts = TestHosts(3, prefix="fgt", subnet="10.78.0", directory=directory / "hosts")
+    hosts.script("down")  # what an interrupted session may have left
+    hosts.script("up", "3")
+    try:
+        yield hosts
+    finally:
+        hosts.script("down")
+
+
+@pytest.fixture
+def test_hosts(test_hosts_session):
+    """The session's hosts; fails a test that leaves a process behind on any of them."""
+    yield test_hosts_session
+    leftovers = still_running(test_hosts_session.workers(), timeout_s=8.0)
+    for process in leftovers:
+        process.kill()
+    assert not leftovers, f"processes left on the hosts: {[p.cmdline() for p in leftovers]}"

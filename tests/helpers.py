@@ -210,3 +210,86 @@ def run_cli(*args: str, cwd: Path | None = None, timeout_s: float = 60.0,
     with Cli(*args, cwd=cwd, env=env) as cli:
         code = cli.wait(timeout_s)
         return code, "".join(cli.stdout), "".join(cli.stderr)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TestHosts:
+    """Hosts made by ``bin/testhosts`` in network namespaces, for a test session."""
+
+    __test__ = False
+
+    def __init__(self, count: int, prefix: str, subnet: str, directory: Path) -> None:
+        self.names = [f"h{i}" for i in range(1, count + 1)]
+        self.prefix = prefix
+        self.subnet = subnet
+        self.directory = directory
+        self.ssh_config = str(directory / "ssh_config")
+        self._env = {**os.environ, "FLOWGRAPH_TESTHOSTS_PREFIX": prefix, "FLOWGRAPH_TESTHOSTS_SUBNET": subnet,
+                     "FLOWGRAPH_TESTHOSTS_DIR": str(directory)}
+
+    def script(self, *args: str) -> None:
+        subprocess.run([str(REPO / "bin" / "testhosts"), *args], env=self._env, check=True,
+                       stdout=subprocess.DEVNULL, timeout=120)
+
+    def namespace(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def address(self, name: str) -> str:
+        return f"{self.subnet}.{10 + int(name[1:])}"
+
+    def options(self, *names: str) -> list[str]:
+        """``flowgraph run`` options that spread a run over ``names`` (default: every host)."""
+        return ["--hosts", ",".join(names or self.names), "--ssh-config", self.ssh_config,
+                "--remote-python", sys.executable]
+
+    def pids(self, name: str) -> list[int]:
+        output = subprocess.run(["ip", "netns", "pids", self.namespace(name)], capture_output=True,
+                                text=True, check=True, timeout=10).stdout
+        return [int(pid) for pid in output.split()]
+
+    def sshd_pid(self, name: str) -> int:
+        return int((self.directory / f"sshd_{name}.pid").read_text())
+
+    def workers(self) -> list[psutil.Process]:
+        """Every process in the hosts except their sshd daemons."""
+        found = []
+        for name in self.names:
+            daemon = self.sshd_pid(name) if (self.directory / f"sshd_{name}.pid").exists() else None
+            for pid in self.pids(name):
+                if pid != daemon:
+                    try:
+                        found.append(psutil.Process(pid))
+                    except psutil.NoSuchProcess:
+                        pass
+        return found
+
+    def listening_ports(self, name: str) -> list[int]:
+        """TCP ports listened on in host ``name``, sshd's excepted."""
+        output = subprocess.run(["ip", "netns", "exec", self.namespace(name), "ss", "-Hltn"],
+                                capture_output=True, text=True, check=True, timeout=10).stdout
+        ports = [int(line.split()[3].rsplit(":", 1)[1]) for line in output.splitlines() if line.strip()]
+        return [port for port in ports if port != 22]
+
+    def kill_everything_in(self, name: str) -> None:
+        """Kill every process of host ``name``, its sshd included (like pulling its plug)."""
+        for pid in self.pids(name):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def restart_sshd(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "exec", self.namespace(name), "/usr/sbin/sshd", "-f",
+                        str(self.directory / f"sshd_{name}.config")], check=True, timeout=10)
+        for _ in range(100):
+            if subprocess.run(["ssh", "-F", self.ssh_config, "-o", "BatchMode=yes", "-o", "ConnectTimeout=2",
+                               name, "true"], capture_output=True, timeout=10).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"sshd of {name} does not answer after a restart")
+
+    def set_link(self, name: str, state: str) -> None:
+        """``down`` cuts host ``name`` off the network; ``up`` plugs it back."""
+        subprocess.run(["ip", "link", "set", f"{self.prefix}v{name[1:]}", state], check=True, timeout=10)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..plan import ReplicaPlan
+from ..security import Curve
 
 
 @dataclass(frozen=True)
@@ -25,35 +26,64 @@ class Exit:
 
 
 @dataclass(frozen=True)
+class Site:
+    """Where one worker runs, as the worker sees it."""
+
+    control: str
+    """The launcher's control endpoint, reachable from the worker."""
+    bind_base: str
+    """Where data sockets bind: ``tcp://127.0.0.1``, ``tcp://0.0.0.0`` or ``inproc://...``."""
+    advertise: str | None
+    """The address other replicas use to reach this worker's sockets (None: as bound)."""
+    launcher_timeout_s: float
+    """The worker stops when the launcher is silent this long."""
+    sys_path: tuple[str, ...] = ()
+    """The launcher's sys.path, for workers on this machine."""
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """The per-run part of a worker's configuration."""
 
     token: bytes
     control: str
+    """The control endpoint as bound by the launcher (backends derive each site's from it)."""
     plan: bytes
     """cloudpickle of the plan."""
     nodes: Mapping[str, bytes]
     """cloudpickle of each node's spec, by node name."""
-    bind_base: str
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: frozenset[str] = frozenset()
     log_level: int = logging.WARNING
+    curve: Curve | None = None
+    """The run's CURVE keys when it leaves this machine; None for local runs."""
 
-    def for_replica(self, replica: ReplicaPlan, launcher_timeout_s: float) -> dict[str, Any]:
-        """The configuration of one worker process, as plain data."""
+    @property
+    def control_port(self) -> str:
+        return self.control.rsplit(":", 1)[1]
+
+    def for_replica(self, replica: ReplicaPlan, site: Site) -> dict[str, Any]:
+        """The configuration of one worker, as plain data (sent on its stdin)."""
         return {
             "token": self.token,
-            "control": self.control,
+            "control": site.control,
             "plan": self.plan,
             "node": self.nodes[replica.node],
-            "bind_base": self.bind_base,
+            "bind_base": site.bind_base,
+            "advertise": site.advertise,
             "params": dict(self.params),
             "collect": replica.node in self.collect,
             "log_level": self.log_level,
+            "curve": self.curve,
             "replica": (replica.node, replica.index),
-            "sys_path": [path for path in sys.path if path],
-            "launcher_timeout_s": launcher_timeout_s,
+            "sys_path": list(site.sys_path),
+            "launcher_timeout_s": site.launcher_timeout_s,
         }
+
+
+def local_sys_path() -> tuple[str, ...]:
+    """The launcher's import path, handed to workers on this machine."""
+    return tuple(path for path in sys.path if path)
 
 
 class Backend(Protocol):
@@ -61,7 +91,6 @@ class Backend(Protocol):
 
     mode: str
     control_bind: str
-    data_bind: str
     heartbeat_timeout_s: float | None
     """Fail a replica whose heartbeat is missing this long; None: never (threads)."""
 

@@ -25,7 +25,7 @@ import zmq
 from ..agent import Agent, finish_pipe
 from ..plan import ReplicaPlan
 from ..worker import run_configured
-from .base import Exit, WorkerConfig
+from .base import Exit, Site, WorkerConfig
 
 _thread_label = threading.local()
 
@@ -40,7 +40,7 @@ class InprocBackend:
         self._context = context
         prefix = f"inproc://flowgraph-{secrets.token_hex(6)}"
         self.control_bind = f"{prefix}/control"
-        self.data_bind = prefix
+        self._data_bind = prefix
         self._threads: dict[str, threading.Thread] = {}
         self._results: dict[str, bool] = {}
         self._reported: set[str] = set()
@@ -62,8 +62,8 @@ class InprocBackend:
         pipe = agent.pipe()
         agent.start()
         try:
-            self._results[replica.id] = run_configured(
-                config.for_replica(replica, math.inf), self._context, pipe)
+            site = Site(config.control, self._data_bind, None, math.inf)
+            self._results[replica.id] = run_configured(config.for_replica(replica, site), self._context, pipe)
         finally:
             finish_pipe(pipe)
             agent.join()

@@ -1,0 +1,3 @@
+"""The version of flowgraph (launcher and workers must have the same)."""
+
+__version__ = "0.1.0"

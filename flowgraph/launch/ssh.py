@@ -1,0 +1,209 @@
+"""Start replicas on other machines with the system ``ssh`` client.
+
+Before anything starts, every remote host is probed over ssh (in parallel):
+it must answer within ``ConnectTimeout``, run the same Python minor version
+and the same flowgraph version as the launcher (node code travels pickled).
+The probe also reads ``SSH_CONNECTION`` there, which tells two addresses:
+how the host reaches the launcher (the client side of the connection) and
+how the launcher reached the host (the server side), which other replicas
+then use to reach its data sockets. ``--advertise`` and a host's
+``address=`` override them.
+
+Each remote worker is ``ssh ... exec python -u -m flowgraph worker``: ssh
+runs in BatchMode (never a password prompt; your ssh config and agent
+apply), the configuration, token and CURVE keys go over ssh's stdin, and
+stdout/stderr come back through ssh. When the launcher dies or kills the ssh
+client, the remote worker's stdin closes and it exits; when the network is
+cut, both sides notice the missing heartbeats within ``LAUNCHER_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .._version import __version__
+from ..errors import HostError
+from ..hosts import Host
+from ..plan import Plan, ReplicaPlan
+from ._processes import WorkerProcesses, describe_status
+from .base import Exit, Site, WorkerConfig, local_sys_path
+from .local import worker_command
+
+SSH_OPTIONS = (
+    "-o", "BatchMode=yes",
+    "-o", "ConnectTimeout=5",
+    "-o", "ServerAliveInterval=1",
+    "-o", "ServerAliveCountMax=3",
+)
+LAUNCHER_TIMEOUT_S = 3.0
+"""Workers of a run over hosts stop when the launcher is silent this long (and vice versa)."""
+PROBE_TIMEOUT_S = 20.0
+DEFAULT_PYTHON = "python3"
+
+_PROBE = """
+import json, os, sys
+try:
+    import flowgraph
+    version = flowgraph.__version__
+except ImportError:
+    version = None
+print(json.dumps({"flowgraph": version, "python": list(sys.version_info[:3]),
+                  "ssh_connection": os.environ.get("SSH_CONNECTION", "")}))
+"""
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How to reach the hosts: ``--ssh-config``, ``--remote-python``, ``--advertise``."""
+
+    ssh_config: str | None = None
+    remote_python: str | None = None
+    advertise: str | None = None
+    """The address hosts use to reach the launcher (default: as each host's ssh connection saw it)."""
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What the probe learned about one host."""
+
+    host: Host
+    python: str
+    launcher_address: str
+    """The address this host reaches the launcher at."""
+    address: str
+    """The address other replicas reach this host's data sockets at."""
+
+
+def ssh_command(host: Host, settings: SshSettings, remote_command: str) -> list[str]:
+    """The ssh command line that runs ``remote_command`` on ``host``."""
+    command = ["ssh"]
+    if settings.ssh_config:
+        command += ["-F", settings.ssh_config]
+    command += SSH_OPTIONS
+    if host.port is not None:
+        command += ["-p", str(host.port)]
+    return [*command, host.destination, remote_command]
+
+
+def probe_hosts(hosts: Iterable[Host], settings: SshSettings) -> dict[str, HostInfo]:
+    """Probe every host in parallel; raises one ``HostError`` listing every host that cannot run workers."""
+    hosts = list(hosts)
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        results = list(pool.map(lambda host: _probe(host, settings), hosts))
+    errors = [result for result in results if isinstance(result, str)]
+    if errors:
+        raise HostError("\n".join(errors))
+    return {info.host.name: info for info in results if isinstance(info, HostInfo)}
+
+
+def _probe(host: Host, settings: SshSettings) -> HostInfo | str:
+    python = host.python or settings.remote_python or DEFAULT_PYTHON
+    command = ssh_command(host, settings, f"exec {shlex.quote(python)} -c {shlex.quote(_PROBE)}")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                                stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return f"host {host.name!r} did not answer over ssh within {PROBE_TIMEOUT_S:.0f} s"
+    said = _last_line(result.stderr)
+    if result.returncode == 255:
+        return f"cannot reach host {host.name!r} over ssh: {said}"
+    if result.returncode == 127:
+        return (f"host {host.name!r} has no Python at {python!r} ({said}); "
+                "name one with --remote-python or python= in the hosts file")
+    try:
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return f"host {host.name!r} gave no answer to the probe with {python!r} (exit {result.returncode}): {said}"
+    return _judge(host, python, answer, settings)
+
+
+def _judge(host: Host, python: str, answer: dict, settings: SshSettings) -> HostInfo | str:
+    mine = ".".join(map(str, sys.version_info[:2]))
+    theirs = ".".join(map(str, answer["python"][:2]))
+    if theirs != mine:
+        return (f"host {host.name!r} runs Python {theirs} at {python!r}, the launcher runs {mine}: "
+                "node code travels pickled and needs the same Python version")
+    if answer["flowgraph"] is None:
+        return (f"host {host.name!r} has no flowgraph for {python!r} (the launcher has {__version__}); "
+                f"install flowgraph {__version__} there")
+    if answer["flowgraph"] != __version__:
+        return (f"host {host.name!r} has flowgraph {answer['flowgraph']} for {python!r}, the launcher has "
+                f"{__version__}; install flowgraph {__version__} there")
+    connection = answer["ssh_connection"].split()
+    if len(connection) != 4 and not (settings.advertise and host.address):
+        return (f"host {host.name!r} does not say how it was reached (no SSH_CONNECTION); "
+                "give --advertise and address= for it in a hosts file")
+    return HostInfo(
+        host=host,
+        python=python,
+        launcher_address=settings.advertise or connection[0],
+        address=host.address or connection[2],
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+class SshBackend:
+    """Workers on remote hosts through ssh, and on this machine for ``localhost``; all CURVE."""
+
+    mode = "hosts"
+    control_bind = "tcp://0.0.0.0"
+    heartbeat_timeout_s: float | None = LAUNCHER_TIMEOUT_S
+
+    def __init__(self, plan: Plan, settings: SshSettings) -> None:
+        """Probe every remote host of ``plan``; raises ``HostError`` before anything starts."""
+        self._plan = plan
+        self._settings = settings
+        self._infos = probe_hosts((host for host in plan.hosts if not host.is_local), settings)
+        self._launcher_address = settings.advertise or next(iter(self._infos.values())).launcher_address
+        self._processes = WorkerProcesses()
+
+    def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
+        """Start a worker per replica (ssh for remote ones), then hand each its configuration."""
+        port = config.control_port
+        sites = {}
+        for replica in replicas:
+            host = self._plan.host(replica.host)
+            label = f"{replica.id}@{replica.host}"
+            if host.is_local:
+                sites[replica.id] = Site(f"tcp://127.0.0.1:{port}", "tcp://0.0.0.0", self._launcher_address,
+                                         LAUNCHER_TIMEOUT_S, local_sys_path())
+                self._processes.spawn(replica.id, label, worker_command())
+                continue
+            info = self._infos[host.name]
+            sites[replica.id] = Site(f"tcp://{info.launcher_address}:{port}", "tcp://0.0.0.0", info.address,
+                                     LAUNCHER_TIMEOUT_S)
+            remote = f"exec {shlex.quote(info.python)} -u -m flowgraph worker"
+            self._processes.spawn(replica.id, label, ssh_command(host, self._settings, remote),
+                                  describe=functools.partial(_describe_ssh, host.name))
+        for replica in replicas:
+            self._processes.configure(replica.id, config.for_replica(replica, sites[replica.id]))
+
+    def exits(self) -> list[Exit]:
+        return self._processes.exits()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._processes.wait(timeout_s)
+
+    def kill(self) -> None:
+        self._processes.kill()
+
+    def close(self) -> None:
+        self._processes.close()
+
+
+def _describe_ssh(host: str, code: int) -> str:
+    if code == 255:
+        return f"lost its ssh connection to {host} (ssh exited with status 255)"
+    return describe_status(code)
+
