@@ -49,10 +49,10 @@ def run_command(
     return outcome.code
 
 
-def check_command(target: str) -> int:
-    """``flowgraph check``: validate the topology and print its plan; starts nothing."""
+def check_command(target: str, hosts: str | None = None) -> int:
+    """``flowgraph check``: validate the topology and print its plan; starts and contacts nothing."""
     with _errors_to_exit_codes() as outcome:
-        print(describe_plan(load_topology(target).check()))
+        print(describe_plan(load_topology(target).check(hosts=hosts)))
     return outcome.code
 
 
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_parser = commands.add_parser("check", help="validate a topology and print its plan")
     check_parser.add_argument("target", metavar="PATH[:VAR]")
+    check_parser.add_argument("--hosts", metavar="H1,H2,...|@FILE", help="show the placement over these hosts")
 
     commands.add_parser("worker", help=argparse.SUPPRESS)
     return parser
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_command()
     logging.basicConfig(level=logging.WARNING, format="flowgraph: %(levelname)s: %(message)s")
     if args.command == "check":
-        return check_command(args.target)
+        return check_command(args.target, hosts=args.hosts)
     return run_command(
         args.target,
         inproc=args.inproc,

@@ -243,10 +243,12 @@ class Topology:
         """The topology as declared so far, as frozen data (not validated as a graph)."""
         return TopologySpec(self.name, tuple(self._nodes))
 
-    def check(self, hosts: Iterable[str] | None = None) -> Any:
+    def check(self, hosts: str | Iterable[str] | None = None) -> Any:
         """Validate the whole topology and return its ``Plan``, starting nothing.
 
-        Raises ``TopologyError`` naming the node and the problem.
+        ``hosts`` (``"h1,h2"``, ``"@FILE"`` or a list) places the replicas
+        as ``run`` would, without contacting any host. Raises
+        ``TopologyError`` naming the node and the problem.
         """
         from .plan import plan_run
 

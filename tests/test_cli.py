@@ -121,6 +121,13 @@ def test_check_prints_the_plan_without_starting_anything(tmp_path):
     assert "eos_expected=2" in stdout
 
 
+def test_check_shows_the_placement_over_hosts_without_contacting_them(tmp_path):
+    path = write_topology(tmp_path, GOOD)
+    code, stdout, _ = run_cli("check", str(path), "--hosts", "nowhere-1.invalid,nowhere-2.invalid")
+    assert code == 0
+    assert "double/0" in stdout and "@nowhere-2.invalid" in stdout and "@nowhere-1.invalid" in stdout
+
+
 def test_run_exits_0_prints_node_output_with_prefix_and_a_summary(tmp_path):
     path = write_topology(tmp_path, GOOD)
     code, stdout, stderr = run_cli("run", str(path), "--set", "count=50", "--set", "tag=x=y")

@@ -328,3 +328,11 @@ def test_host_names_and_hosts_files_are_parsed_and_bad_ones_named(tmp_path):
         parse_hosts(["bad host"])
     with pytest.raises(HostError, match="cannot read hosts file"):
         parse_hosts(f"@{Path(tmp_path / 'missing')}")
+
+
+def test_the_crawl_example_runs_over_hosts(test_hosts, tmp_path):
+    crawl = Path(__file__).resolve().parents[1] / "topologies" / "crawl.py"
+    db = tmp_path / "crawl.db"  # the hosts share this machine's files; their working directory is ~
+    code, stdout, stderr = run_cli("run", str(crawl), "--set", f"db={db}", *test_hosts.options(), cwd=tmp_path)
+    assert code == 0, stderr
+    assert f"stored 42 pages in table 'pages' of {db}" in stdout

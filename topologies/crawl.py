@@ -5,8 +5,9 @@
     flowgraph run topologies/crawl.py --set url=http://127.0.0.1:8000/ --set db=other.db
 
 By default it crawls the small site bundled in ``topologies/site/``, which
-this file serves on 127.0.0.1 from the launcher's process, so it runs
-offline. The pages to fetch are the URLs listed in the site's
+this file serves from the launcher's process, so it runs offline (also over
+``--hosts``: replicas there reach the launcher at the address their ssh
+connection came from). The pages to fetch are the URLs listed in the site's
 ``sitemap.txt`` (or only ``url`` itself if it has none). Four replicas fetch
 (keep-alive connections, retries, errors kept as rows), two analyze (title,
 word count, top words, links; by URL), one stores every page as a row of
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -39,15 +41,21 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def serve_site(directory: Path) -> str:
-    """Serve ``directory`` on 127.0.0.1 from a daemon thread; returns its base URL."""
+def serve_site(directory: Path) -> int:
+    """Serve ``directory`` on every interface from a daemon thread; returns the port."""
     handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), handler)
     threading.Thread(target=server.serve_forever, name="crawl-site", daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/"
+    return server.server_address[1]
 
 
-BUNDLED_SITE_URL = serve_site(SITE)
+BUNDLED_SITE_PORT = serve_site(SITE)
+
+
+def bundled_site_url() -> str:
+    """The bundled site as this replica reaches it: on a remote host, the launcher is where ssh came from."""
+    launcher = os.environ.get("SSH_CONNECTION", "127.0.0.1").split()[0]
+    return f"http://{launcher}:{BUNDLED_SITE_PORT}/"
 
 topo = Topology("crawl")
 
@@ -55,7 +63,7 @@ topo = Topology("crawl")
 @topo.source
 def seeds():
     """The URLs of the site's sitemap.txt, or the site URL alone."""
-    base = context().params.get("url", BUNDLED_SITE_URL)
+    base = context().params.get("url") or bundled_site_url()
     try:
         with urllib.request.urlopen(urljoin(base, "sitemap.txt"), timeout=10) as response:
             paths = response.read().decode().split()

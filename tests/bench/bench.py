@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,16 @@ PIPELINES = Path(__file__).with_name("pipelines.py")
 class Run:
     seconds: float
     peak_rss_bytes: int
+    startup_s: float
+    """From launch to the start barrier (every replica connected and set up), as the run reports it."""
 
 
 def flowgraph_run(variable: str, *options: str, **params: object) -> Run:
     """Run ``flowgraph run pipelines.py:variable`` and measure wall time and peak total RSS."""
-    command = [sys.executable, "-m", "flowgraph", "run", "--quiet", f"{PIPELINES}:{variable}", *options]
+    metrics = tempfile.NamedTemporaryFile(suffix=".json", delete=False)
+    metrics.close()
+    command = [sys.executable, "-m", "flowgraph", "run", "--quiet", "--metrics-json", metrics.name,
+               f"{PIPELINES}:{variable}", *options]
     for key, value in params.items():
         command += ["--set", f"{key}={value}"]
     started = time.perf_counter()
@@ -45,7 +51,9 @@ def flowgraph_run(variable: str, *options: str, **params: object) -> Run:
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"benchmark run failed ({' '.join(command)}):\n{stderr.decode()}")
-    return Run(seconds, rss.peak)
+    startup_s = json.loads(Path(metrics.name).read_text())["startup_s"]
+    os.unlink(metrics.name)
+    return Run(seconds, rss.peak, startup_s)
 
 
 def marginal_rate(mode_options: list[str], small: int, big: int, repeat: int) -> tuple[float, float]:
@@ -64,6 +72,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--hosts", metavar="H1,H2,H3",
+                        help="also measure over these hosts (e.g. made by bin/testhosts up 3)")
+    parser.add_argument("--ssh-config", metavar="FILE", help="for --hosts")
     args = parser.parse_args()
     small, big = (1_000, 50_000) if args.quick else (10_000, 1_000_000)
     repeat = 1 if args.quick else 3
@@ -75,6 +86,17 @@ def main() -> int:
         rate, startup = marginal_rate(options, small, big, repeat)
         results[f"{mode}_small_dicts_items_per_s"] = round(rate)
         results[f"{mode}_run_of_{small}_items_s"] = round(startup, 3)
+    six_local = min((flowgraph_run("six_replicas") for _ in range(repeat)), key=lambda run: run.seconds)
+    results["local_six_replicas_startup_s"] = round(six_local.startup_s, 3)
+    results["local_six_replicas_run_s"] = round(six_local.seconds, 3)
+    if args.hosts:
+        remote = ["--hosts", args.hosts, "--remote-python", sys.executable,
+                  *(["--ssh-config", args.ssh_config] if args.ssh_config else [])]
+        six = min((flowgraph_run("six_replicas", *remote) for _ in range(repeat)), key=lambda run: run.seconds)
+        results["hosts_six_replicas_startup_s"] = round(six.startup_s, 3)
+        results["hosts_six_replicas_run_s"] = round(six.seconds, 3)
+        rate, _ = marginal_rate(remote, small, big, repeat)
+        results["hosts_small_dicts_items_per_s"] = round(rate)
     count, item_bytes, sleep_s = stream
     slow = flowgraph_run("slow_sink", count=count, item_bytes=item_bytes, sleep_s=sleep_s)
     results["slow_sink_stream_mb"] = count * item_bytes / 1e6

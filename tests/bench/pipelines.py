@@ -42,3 +42,21 @@ def relay(blob):
 @slow_sink.sink(inputs=relay)
 def sleepy(blob):
     time.sleep(float(context().params["sleep_s"]))
+
+
+six_replicas = Topology("six-replicas")
+
+
+@six_replicas.source(parallelism=2)
+def few():
+    yield from range(100)
+
+
+@six_replicas.node(inputs=few, parallelism=2)
+def square(n):
+    return n * n
+
+
+@six_replicas.sink(inputs=square, parallelism=2)
+def keep(n):
+    pass
