@@ -105,6 +105,36 @@ class PeakRss:
             self.peak = max(self.peak, total)
 
 
+SLOW_TOPOLOGY = """
+    import os
+    import time
+    from flowgraph import Topology
+
+    topo = Topology("slow")
+
+    @topo.source
+    def numbers():
+        for n in range(1_000_000):
+            yield n
+
+    @topo.node(inputs=numbers, parallelism=3)
+    def work(n):
+        return n
+
+    @topo.sink(inputs=work)
+    class Store:
+        def setup(self):
+            self.count = 0
+
+        def process(self, n):
+            self.count += 1
+            if self.count == 1000:
+                print("sink is working pid=" + str(os.getpid()), flush=True)
+            time.sleep(0.001)
+"""
+"""Five replicas that run until stopped; the sink prints a line (with its pid) once items flow."""
+
+
 def write_topology(directory: Path, source: str, name: str = "topo.py") -> Path:
     path = directory / name
     path.write_text(textwrap.dedent(source))

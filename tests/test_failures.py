@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from flowgraph import RunFailed, RunInterrupted, Topology, context, run
-from helpers import Cli, processes_of_this_session, reap, still_running, write_topology
+from helpers import SLOW_TOPOLOGY, Cli, processes_of_this_session, reap, still_running, write_topology
 
 
 def failing_topology(where: str) -> Topology:
@@ -190,35 +190,6 @@ def test_a_worker_that_dies_before_it_reports_is_named_with_its_last_output():
     assert caught.value.node == "store"
     assert "node 'store' replica 0 on localhost died: exited with status 3; its last output:" in str(caught.value)
     assert "worker is dying on purpose" in str(caught.value)
-
-
-SLOW_TOPOLOGY = """
-    import os
-    import time
-    from flowgraph import Topology
-
-    topo = Topology("slow")
-
-    @topo.source(parallelism=2)
-    def numbers():
-        for n in range(1_000_000):
-            yield n
-
-    @topo.node(inputs=numbers, parallelism=2)
-    def work(n):
-        return n
-
-    @topo.sink(inputs=work)
-    class Store:
-        def setup(self):
-            self.count = 0
-
-        def process(self, n):
-            self.count += 1
-            if self.count == 1000:
-                print("sink is working pid=" + str(os.getpid()), flush=True)
-            time.sleep(0.001)
-"""
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -17,7 +17,7 @@ import zmq
 from flowgraph import HostError, RunFailed, Topology, by_key, context, run
 from flowgraph.hosts import Host, parse_hosts, read_hosts_file
 from flowgraph.testing import run_and_collect
-from helpers import Cli, run_cli, still_running, write_topology
+from helpers import SLOW_TOPOLOGY, Cli, run_cli, still_running, write_topology
 from test_equivalence import ordered_sinks, random_dag
 
 
@@ -124,37 +124,8 @@ def test_a_pinned_node_runs_only_on_its_hosts(test_hosts):
     assert {host for _, host in rows} == {"h3"}
 
 
-SLOW = """
-    import os
-    import time
-    from flowgraph import Topology, context
-
-    topo = Topology("slow")
-
-    @topo.source
-    def numbers():
-        for n in range(1_000_000):
-            yield n
-
-    @topo.node(inputs=numbers, parallelism=3)
-    def work(n):
-        return n
-
-    @topo.sink(inputs=work)
-    class Store:
-        def setup(self):
-            self.count = 0
-
-        def process(self, n):
-            self.count += 1
-            if self.count == 1000:
-                print("sink is working", flush=True)
-            time.sleep(0.001)
-"""
-
-
 def test_a_host_whose_processes_are_killed_fails_the_run_naming_it(test_hosts, tmp_path):
-    path = write_topology(tmp_path, SLOW)
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
     try:
         with Cli("run", str(path), *test_hosts.options()) as cli:
             cli.wait_for_line("sink is working")
@@ -167,7 +138,7 @@ def test_a_host_whose_processes_are_killed_fails_the_run_naming_it(test_hosts, t
 
 
 def test_a_host_cut_off_the_network_fails_the_run_and_its_workers_exit(test_hosts, tmp_path):
-    path = write_topology(tmp_path, SLOW)
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
     with Cli("run", str(path), *test_hosts.options()) as cli:
         cli.wait_for_line("sink is working")
         on_h3 = test_hosts.pids("h3")
@@ -184,7 +155,7 @@ def test_a_host_cut_off_the_network_fails_the_run_and_its_workers_exit(test_host
 
 
 def test_remote_workers_exit_when_the_launcher_is_killed(test_hosts, tmp_path):
-    path = write_topology(tmp_path, SLOW)
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
     with Cli("run", str(path), *test_hosts.options()) as cli:
         cli.wait_for_line("sink is working")
         remote = test_hosts.workers()
@@ -194,7 +165,7 @@ def test_remote_workers_exit_when_the_launcher_is_killed(test_hosts, tmp_path):
 
 
 def test_ctrl_c_stops_every_remote_worker(test_hosts, tmp_path):
-    path = write_topology(tmp_path, SLOW)
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
     with Cli("run", str(path), *test_hosts.options()) as cli:
         cli.wait_for_line("sink is working")
         cli.signal(signal.SIGINT)
@@ -267,7 +238,7 @@ def test_strangers_on_remote_data_ports_are_rejected_by_curve(test_hosts, tmp_pa
 
 
 def test_an_unreachable_host_is_named_before_anything_starts(test_hosts, tmp_path):
-    path = write_topology(tmp_path, SLOW)
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
     started = time.monotonic()
     code, _, stderr = run_cli("run", str(path), "--hosts", f"h1,{test_hosts.subnet}.99",
                               "--ssh-config", test_hosts.ssh_config, "--remote-python", sys.executable)

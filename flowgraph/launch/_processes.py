@@ -98,3 +98,22 @@ def describe_status(code: int) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exited with status {code}"
+
+
+class ProcessBackend:
+    """What local and ssh backends share: their workers are ``WorkerProcesses``."""
+
+    def __init__(self) -> None:
+        self._processes = WorkerProcesses()
+
+    def exits(self) -> list[Exit]:
+        return self._processes.exits()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._processes.wait(timeout_s)
+
+    def kill(self) -> None:
+        self._processes.kill()
+
+    def close(self) -> None:
+        self._processes.close()

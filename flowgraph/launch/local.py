@@ -6,8 +6,8 @@ import sys
 from collections.abc import Sequence
 
 from ..plan import ReplicaPlan
-from ._processes import WorkerProcesses
-from .base import Exit, Site, WorkerConfig, local_sys_path
+from ._processes import ProcessBackend
+from .base import Site, WorkerConfig, local_sys_path
 
 LAUNCHER_TIMEOUT_S = 10.0
 """A local worker also stops when the launcher is silent this long (it dies with stdin anyway)."""
@@ -18,15 +18,12 @@ def worker_command() -> list[str]:
     return [sys.executable, "-u", "-m", "flowgraph", "worker"]
 
 
-class LocalBackend:
+class LocalBackend(ProcessBackend):
     """Worker processes on this machine, data over TCP on 127.0.0.1 (no CURVE: nothing leaves)."""
 
     mode = "local"
     control_bind = "tcp://127.0.0.1"
     heartbeat_timeout_s: float | None = 10.0
-
-    def __init__(self) -> None:
-        self._processes = WorkerProcesses()
 
     def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
         """Start one process per replica, then hand each its configuration.
@@ -40,15 +37,3 @@ class LocalBackend:
             self._processes.spawn(replica.id, f"{replica.id}@{replica.host}", worker_command())
         for replica in replicas:
             self._processes.configure(replica.id, config.for_replica(replica, site))
-
-    def exits(self) -> list[Exit]:
-        return self._processes.exits()
-
-    def wait(self, timeout_s: float) -> bool:
-        return self._processes.wait(timeout_s)
-
-    def kill(self) -> None:
-        self._processes.kill()
-
-    def close(self) -> None:
-        self._processes.close()

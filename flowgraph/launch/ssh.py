@@ -32,8 +32,8 @@ from .._version import __version__
 from ..errors import HostError
 from ..hosts import Host
 from ..plan import Plan, ReplicaPlan
-from ._processes import WorkerProcesses, describe_status
-from .base import Exit, Site, WorkerConfig, local_sys_path
+from ._processes import ProcessBackend, describe_status
+from .base import Site, WorkerConfig, local_sys_path
 from .local import worker_command
 
 SSH_OPTIONS = (
@@ -153,7 +153,7 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-class SshBackend:
+class SshBackend(ProcessBackend):
     """Workers on remote hosts through ssh, and on this machine for ``localhost``; all CURVE."""
 
     mode = "hosts"
@@ -166,7 +166,7 @@ class SshBackend:
         self._settings = settings
         self._infos = probe_hosts((host for host in plan.hosts if not host.is_local), settings)
         self._launcher_address = settings.advertise or next(iter(self._infos.values())).launcher_address
-        self._processes = WorkerProcesses()
+        super().__init__()
 
     def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
         """Start a worker per replica (ssh for remote ones), then hand each its configuration."""
@@ -188,18 +188,6 @@ class SshBackend:
                                   describe=functools.partial(_describe_ssh, host.name))
         for replica in replicas:
             self._processes.configure(replica.id, config.for_replica(replica, sites[replica.id]))
-
-    def exits(self) -> list[Exit]:
-        return self._processes.exits()
-
-    def wait(self, timeout_s: float) -> bool:
-        return self._processes.wait(timeout_s)
-
-    def kill(self) -> None:
-        self._processes.kill()
-
-    def close(self) -> None:
-        self._processes.close()
 
 
 def _describe_ssh(host: str, code: int) -> str:
