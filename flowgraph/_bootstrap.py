@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 
 from .agent import Agent, finish_pipe
+from .counters import Counters
 from .security import start_authenticator
 from .worker import run_configured
 
@@ -63,12 +64,13 @@ def main() -> int:
     context = zmq.Context()
     authenticator = start_authenticator(context, config["curve"]) if config["curve"] is not None else None
     node, index = config["replica"]
+    counters = Counters()
     agent = Agent(context, config["control"], config["token"], f"{node}/{index}", on_stop=_arm_hard_exit,
-                  curve=config["curve"], launcher_timeout_s=config["launcher_timeout_s"])
+                  counters=counters, curve=config["curve"], launcher_timeout_s=config["launcher_timeout_s"])
     pipe = agent.pipe()
     agent.start()
     threading.Thread(target=_watch_stdin, args=(agent,), name="flowgraph-stdin", daemon=True).start()
-    ok = run_configured(config, context, pipe)
+    ok = run_configured(config, context, pipe, counters)
     finish_pipe(pipe)
     agent.join(timeout=STOP_GRACE_S)
     if authenticator is not None:

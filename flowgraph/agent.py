@@ -3,7 +3,8 @@
 The agent owns the replica's DEALER socket to the launcher. It forwards the
 replica's messages (register, ready, done, error) and the launcher's
 (address book, start, stop, shutdown) over an inproc pair socket, sends a
-heartbeat every ``heartbeat_s`` and watches the launcher's: when the
+heartbeat with the replica's counters every ``heartbeat_s`` (the launcher's
+progress view) and watches the launcher's: when the
 launcher falls silent for ``launcher_timeout_s`` (or, in a worker process,
 its stdin closes because the launcher died) the replica is told to stop and
 ``on_stop`` runs, which in a process arms a hard exit, so that a lost
@@ -23,6 +24,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import wire
 from .channel import ControlPipe
+from .counters import Counters
 from .security import Curve
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class Agent(threading.Thread):
         token: bytes,
         replica_id: str,
         on_stop: Callable[[str], None],
+        counters: Counters,
         curve: Curve | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         launcher_timeout_s: float = LAUNCHER_TIMEOUT_S,
@@ -51,6 +54,7 @@ class Agent(threading.Thread):
         self._token = token
         self._replica_id = replica_id
         self._on_stop = on_stop
+        self._counters = counters
         self._curve = curve
         self._heartbeat_s = heartbeat_s
         self._launcher_timeout_s = launcher_timeout_s
@@ -85,7 +89,7 @@ class Agent(threading.Thread):
             while True:
                 now = time.monotonic()
                 if now >= next_beat:
-                    self._send(dealer, "heartbeat", {})
+                    self._send(dealer, "heartbeat", self._counters.snapshot())
                     next_beat = now + self._heartbeat_s
                 if not stopping and (self.launcher_lost.is_set()
                                      or now - last_heard > self._launcher_timeout_s):

@@ -1,7 +1,9 @@
 """The ``flowgraph`` command: parse arguments, call a function, map errors to exit codes.
 
 Exit codes: 0 ok, 1 a node failed, 2 usage or topology error, 130 / 143
-interrupted by SIGINT / SIGTERM.
+interrupted by SIGINT / SIGTERM. Every ``run`` option can also come from the
+environment (``FLOWGRAPH_HOSTS``, ``FLOWGRAPH_HWM``, ...); the command line
+wins.
 """
 
 from __future__ import annotations
@@ -9,19 +11,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from .errors import FlowgraphError, RunInterrupted
+from .drawing import FORMATS, draw
+from .errors import FlowgraphError, RunFailed, RunInterrupted
 from .loader import UserCodeError, load_topology
-from .plan import describe_plan
+from .plan import Plan, describe_plan
 from .report import RunReport
-from .runner import run
+from .runner import Progress, run
 from .worker import user_traceback
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def run_command(
@@ -31,21 +38,37 @@ def run_command(
     params: Mapping[str, str] | None = None,
     hwm: int | None = None,
     quiet: bool = False,
+    progress_interval: float | None = None,
     metrics_json: str | None = None,
+    log_level: str = "warning",
     hosts: str | None = None,
     ssh_config: str | None = None,
     remote_python: str | None = None,
     advertise: str | None = None,
 ) -> int:
-    """``flowgraph run``: run the topology named by ``target``; returns the exit code."""
+    """``flowgraph run``: run the topology named by ``target``; returns the exit code.
+
+    Progress: a live table on a terminal, lines every ``progress_interval``
+    seconds if given, nothing with ``quiet``. The summary table is always
+    printed at the end; ``metrics_json`` is written also when the run fails.
+    """
+    level = getattr(logging, log_level.upper())
+    logging.getLogger("flowgraph").setLevel(level)
+    report: RunReport | None = None
+    stopped: RunFailed | RunInterrupted | None = None
     with _errors_to_exit_codes() as outcome, _sigterm_interrupts():
-        report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm, hosts=hosts,
-                     ssh_config=ssh_config, remote_python=remote_python, advertise=advertise)
-        if not quiet:
-            print(report.summary(), file=sys.stderr)
-        if metrics_json:
-            with open(metrics_json, "w", encoding="utf-8") as file:
-                json.dump(_metrics(report), file, indent=2)
+        try:
+            report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm, hosts=hosts,
+                         ssh_config=ssh_config, remote_python=remote_python, advertise=advertise,
+                         log_level=level, progress=_progress(quiet, progress_interval))
+        except (RunFailed, RunInterrupted) as caught:
+            report, stopped = caught.report, caught
+            raise
+        finally:
+            if report is not None:
+                print(report.summary(), file=sys.stderr)
+                if metrics_json:
+                    write_metrics(report, metrics_json, stopped)
     return outcome.code
 
 
@@ -56,11 +79,64 @@ def check_command(target: str, hosts: str | None = None) -> int:
     return outcome.code
 
 
+def graph_command(target: str, output: str) -> int:
+    """``flowgraph graph``: draw the topology into ``output`` (.dot, .mmd or .svg)."""
+    with _errors_to_exit_codes() as outcome:
+        draw(load_topology(target).check(), output)
+        print(f"wrote {output}", file=sys.stderr)
+    return outcome.code
+
+
 def worker_command() -> int:
     """``flowgraph worker``: run one replica configured on stdin (started by the launcher)."""
     from ._bootstrap import main as worker_main
 
     return worker_main()
+
+
+def _progress(quiet: bool, interval_s: float | None) -> Callable[[Plan], Progress] | None:
+    if quiet:
+        return None
+    if interval_s is not None:
+        from .progress import ProgressLines
+
+        return lambda plan: ProgressLines(plan, interval_s)
+    if sys.stderr.isatty():
+        from .progress import LiveTable
+
+        return lambda plan: LiveTable(plan, f"flowgraph: {plan.topology}")
+    return None
+
+
+def write_metrics(report: RunReport, path: str, stopped: RunFailed | RunInterrupted | None = None) -> None:
+    """``--metrics-json``: counters per node and replica, and how the run ended (a stable format)."""
+    if isinstance(stopped, RunInterrupted):
+        status = "interrupted"
+    elif stopped is not None:
+        status = "failed"
+    else:
+        status = "ok"
+    data = {
+        "format": "flowgraph-metrics/1",
+        "topology": report.topology,
+        "mode": report.mode,
+        "status": status,
+        "error": None if stopped is None else str(stopped.args[0]),
+        "startup_s": report.startup_s,
+        "wall_s": report.wall_s,
+        "nodes": {
+            node.name: {
+                "kind": node.kind,
+                "parallelism": node.parallelism,
+                "items_in": node.items_in,
+                "items_out": node.items_out,
+                "replicas": [asdict(replica) for replica in node.replicas],
+            }
+            for node in report
+        },
+    }
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(data, file, indent=2)
 
 
 class _Outcome:
@@ -99,24 +175,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _metrics(report: RunReport) -> dict[str, Any]:
-    return {
-        "topology": report.topology,
-        "mode": report.mode,
-        "startup_s": report.startup_s,
-        "wall_s": report.wall_s,
-        "nodes": {
-            node.name: {
-                "kind": node.kind,
-                "items_in": node.items_in,
-                "items_out": node.items_out,
-                "replicas": [asdict(replica) for replica in node.replicas],
-            }
-            for node in report
-        },
-    }
-
-
 def _parse_params(parser: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -127,41 +185,104 @@ def _parse_params(parser: argparse.ArgumentParser, pairs: Sequence[str]) -> dict
     return params
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _env(name: str) -> str:
+    return f"FLOWGRAPH_{name.upper().replace('-', '_')}"
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``run``; each help names the environment variable that can set it."""
+
+    def option(name: str, help_text: str, **kwargs: Any) -> None:
+        parser.add_argument(f"--{name}", help=f"{help_text} [env {_env(name)}]", **kwargs)
+
+    option("inproc", "run every replica as a thread of this process (for debugging)", action="store_true")
+    option("set", "a parameter for the nodes, as context().params[KEY] (a string); repeatable; the "
+           "variable holds space-separated KEY=VALUE pairs", dest="params", action="append", default=[],
+           metavar="KEY=VALUE")
+    option("hwm", "high-water mark of every data socket, in batches (default 8)", type=_positive_int,
+           metavar="N")
+    option("quiet", "no progress while running (the summary is still printed)", action="store_true")
+    option("progress-interval", "print progress as plain lines every SECONDS (instead of the live table "
+           "a terminal gets)", type=_positive_float, metavar="SECONDS")
+    option("metrics-json", "write counters per node and replica, and how the run ended, to FILE",
+           metavar="FILE")
+    option("log-level", "log level of the launcher and of the workers (default warning)",
+           choices=LOG_LEVELS, type=str.lower)
+    remote = parser.add_argument_group("remote hosts")
+    for name, help_text, metavar in (
+        ("hosts", "spread replicas over these ssh destinations ([user@]host[:port], or localhost for this "
+                  "machine), dealt round robin; @FILE reads a hosts file", "H1,H2,...|@FILE"),
+        ("ssh-config", "passed to ssh as -F FILE", "FILE"),
+        ("remote-python", "the Python with flowgraph installed on the hosts (default python3)", "PATH"),
+        ("advertise", "the address hosts use to reach this machine (default: as their ssh connection saw it)",
+         "ADDR"),
+    ):
+        remote.add_argument(f"--{name}", help=f"{help_text} [env {_env(name)}]", metavar=metavar)
+
+
+def _apply_environment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill options not given on the command line from ``FLOWGRAPH_*`` variables."""
+    for action in parser._actions:  # argparse offers no public iteration over options
+        if not action.option_strings or action.dest == "help":
+            continue
+        name = action.option_strings[0][2:]
+        text = os.environ.get(_env(name))
+        if text is None:
+            continue
+        current = getattr(args, action.dest)
+        if action.dest == "params":
+            setattr(args, "params", [*shlex.split(text), *current])
+        elif isinstance(action, argparse._StoreTrueAction):
+            if not current:
+                setattr(args, action.dest, _boolean(parser, _env(name), text))
+        elif current is None:
+            try:
+                value = action.type(text) if action.type else text  # type: ignore[operator]
+            except (ValueError, argparse.ArgumentTypeError) as error:
+                parser.error(f"{_env(name)}={text!r}: {error}")
+            if action.choices is not None and value not in action.choices:
+                parser.error(f"{_env(name)}={text!r}: expected one of {', '.join(map(str, action.choices))}")
+            setattr(args, action.dest, value)
+
+
+def _boolean(parser: argparse.ArgumentParser, variable: str, text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return False
+    parser.error(f"{variable}={text!r}: expected 1/true/yes/on or 0/false/no/off")
+    raise AssertionError("unreachable")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parser of ``flowgraph``, and the one of ``flowgraph run`` (for the environment)."""
     parser = argparse.ArgumentParser(
         prog="flowgraph",
         description="Run dataflow topologies: every node replica a process, wired by ZeroMQ.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run_parser = commands.add_parser("run", help="run a topology to its end")
+    run_parser = commands.add_parser(
+        "run", help="run a topology to its end",
+        description="Run a topology to its end. Exit status: 0 done, 1 a node failed, 2 a bad topology "
+                    "or usage, 130/143 interrupted. Every option can also come from the environment "
+                    "variable shown in [env ...]; the command line wins.")
     run_parser.add_argument("target", metavar="PATH[:VAR]",
                             help="a topology file or dotted module, optionally :VAR to pick one topology")
-    run_parser.add_argument("--inproc", action="store_true",
-                            help="run every replica as a thread of this process (for debugging)")
-    run_parser.add_argument("--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                            help="a parameter for the nodes, as context().params[KEY] (a string); repeatable")
-    run_parser.add_argument("--hwm", type=_positive_int, metavar="N",
-                            help="high-water mark of every data socket, in batches (default 8)")
-    run_parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
-    run_parser.add_argument("--metrics-json", metavar="FILE",
-                            help="write per node and replica counters to FILE as JSON")
-    remote = run_parser.add_argument_group("remote hosts")
-    remote.add_argument("--hosts", metavar="H1,H2,...|@FILE",
-                        help="spread replicas over these ssh destinations ([user@]host[:port], or localhost "
-                             "for this machine), dealt round robin; @FILE reads a hosts file")
-    remote.add_argument("--ssh-config", metavar="FILE", help="passed to ssh as -F FILE")
-    remote.add_argument("--remote-python", metavar="PATH",
-                        help="the Python with flowgraph installed on the hosts (default python3)")
-    remote.add_argument("--advertise", metavar="ADDR",
-                        help="the address hosts use to reach this machine (default: as their ssh connection saw it)")
+    _add_run_options(run_parser)
 
     check_parser = commands.add_parser("check", help="validate a topology and print its plan")
     check_parser.add_argument("target", metavar="PATH[:VAR]")
     check_parser.add_argument("--hosts", metavar="H1,H2,...|@FILE", help="show the placement over these hosts")
 
+    graph_parser = commands.add_parser("graph", help="draw a topology (.dot, .mmd or .svg)")
+    graph_parser.add_argument("target", metavar="PATH[:VAR]")
+    graph_parser.add_argument("-o", "--output", required=True, metavar="FILE",
+                              help=f"the picture to write; its suffix ({', '.join(FORMATS)}) picks the format; "
+                                   "SVG needs Graphviz's dot")
+
     commands.add_parser("worker", help=argparse.SUPPRESS)
-    return parser
+    return parser, run_parser
 
 
 def _positive_int(text: str) -> int:
@@ -171,23 +292,35 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser, run_parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "run" and args.inproc and args.hosts:
-        parser.error("--inproc runs every replica in this process; it cannot be combined with --hosts")
     if args.command == "worker":
         return worker_command()
     logging.basicConfig(level=logging.WARNING, format="flowgraph: %(levelname)s: %(message)s")
     if args.command == "check":
         return check_command(args.target, hosts=args.hosts)
+    if args.command == "graph":
+        return graph_command(args.target, args.output)
+    _apply_environment(run_parser, args)
+    if args.inproc and args.hosts:
+        parser.error("--inproc runs every replica in this process; it cannot be combined with --hosts")
     return run_command(
         args.target,
         inproc=args.inproc,
         params=_parse_params(parser, args.params),
         hwm=args.hwm,
         quiet=args.quiet,
+        progress_interval=args.progress_interval,
         metrics_json=args.metrics_json,
+        log_level=args.log_level or "warning",
         hosts=args.hosts,
         ssh_config=args.ssh_config,
         remote_python=args.remote_python,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,9 +83,17 @@ class Coordinator:
         self._rejected = 0
         self.started_at: float | None = None
         """``time.monotonic()`` when the start barrier opened."""
+        self.live: dict[str, dict[str, Any]] = {}
+        """The latest counters of each replica (from heartbeats, then from done)."""
+        self.ended: set[str] = set()
+        """Replicas whose process or thread has ended."""
 
-    def serve(self, register_timeout_s: float = REGISTER_TIMEOUT_S) -> dict[str, Done]:
-        """Run the protocol until every replica is done; raises ``RunFailed``."""
+    def serve(self, register_timeout_s: float = REGISTER_TIMEOUT_S,
+              on_tick: Callable[[], None] | None = None) -> dict[str, Done]:
+        """Run the protocol until every replica is done; raises ``RunFailed``.
+
+        ``on_tick`` is called about ten times a second (the progress view).
+        """
         register_deadline = time.monotonic() + register_timeout_s
         book_sent = start_sent = False
         next_beat = 0.0
@@ -114,6 +123,8 @@ class Coordinator:
             if not book_sent and now > register_deadline:
                 missing = sorted(set(self._replicas) - set(self._endpoints))
                 raise self._failure(missing[0], f"did not register within {register_timeout_s:.0f} s")
+            if on_tick is not None:
+                on_tick()
         self._broadcast("shutdown", {})
         return self._done
 
@@ -143,8 +154,11 @@ class Coordinator:
             self._endpoints[replica_id] = body["endpoints"]
         elif kind == "ready":
             self._ready.add(replica_id)
+        elif kind == "heartbeat":
+            self.live[replica_id] = body
         elif kind == "done":
             self._done[replica_id] = Done(body, attachment)
+            self.live[replica_id] = body
         elif kind == "error":
             raise self._failure(
                 replica_id,
@@ -156,6 +170,7 @@ class Coordinator:
 
     def _check_exits(self) -> None:
         for ended in self._backend.exits():
+            self.ended.add(ended.replica)
             if ended.replica in self._done and ended.clean:
                 continue
             if ended.replica in self._done:

@@ -15,6 +15,7 @@ Every class carries the process exit code the command line uses for it as
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 
 class FlowgraphError(Exception):
@@ -73,6 +74,8 @@ class RunFailed(FlowgraphError):
         self.remote_traceback = remote_traceback
         self.signal_name = signal_name
         self.item = item
+        self.report: Any = None
+        """A ``RunReport`` of what every replica had done when the run stopped (set by ``run``)."""
 
     def __str__(self) -> str:
         text = self.args[0]
@@ -88,3 +91,5 @@ class RunInterrupted(FlowgraphError):
         super().__init__(f"interrupted by {signal.Signals(signum).name}; every replica was stopped")
         self.signum = signum
         self.exit_code = 128 + signum
+        self.report: Any = None
+        """A ``RunReport`` of what every replica had done when the run stopped (set by ``run``)."""

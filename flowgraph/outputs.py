@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -19,6 +18,7 @@ import zmq
 from . import wire
 from ._keys import replica_for_key
 from .channel import IDENT_MAGIC, SUBSCRIBE, ControlPipe, ProtocolError, Wiring
+from .counters import Counters, EdgeStats
 from .dsl import GroupingKind
 from .plan import BufferSettings, ConnectPlan, EdgePlan, Plan, ReplicaPlan, broadcast_slot
 
@@ -28,16 +28,6 @@ _SEND_WAIT_MS = 100
 SUBSCRIBE_TIMEOUT_S = 30.0
 """Broadcast consumers connect right after the address book; longer than this is a failure."""
 
-
-@dataclass
-class EdgeStats:
-    """Counters of one output edge."""
-
-    items: int = 0
-    batches: int = 0
-    bytes: int = 0
-    blocked_s: float = 0.0
-    """Time spent waiting for a consumer to have room (backpressure)."""
 
 class _Edge:
     """One output edge: pending batches, sockets, sequence numbers, stats."""
@@ -275,7 +265,7 @@ class Outputs:
     """The sending side of a replica: one edge object per output edge."""
 
     def __init__(self, plan: Plan, replica: ReplicaPlan, token: bytes, control: ControlPipe,
-                 wiring: Wiring) -> None:
+                 wiring: Wiring, counters: Counters) -> None:
         node_index = plan.node(replica.node).index
         self._replica = replica
         self._connects = replica.connects
@@ -285,6 +275,7 @@ class Outputs:
             kinds[edge.grouping.kind](edge, node_index, replica.index, token, plan.buffers, control, wiring)
             for edge in plan.edges_from(replica.node)
         ]
+        counters.edges = {edge.plan.name: edge.stats for edge in self.edges}
         self._linger_s = plan.buffers.linger_ms / 1000
         self.deadline = float("inf")
         """When the oldest pending item has waited ``linger_ms``; ``flush()`` clears it."""

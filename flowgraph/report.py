@@ -19,11 +19,19 @@ class ReplicaReport:
     items_out: int
     """Items it emitted (0 for a sink)."""
     wall_s: float
-    """Seconds from the start barrier to its end of stream."""
+    """Seconds from the start barrier to its end of stream (0 if it did not end)."""
+    busy_s: float
+    """Seconds in user code (process, generate, finish)."""
     blocked_s: float
     """Seconds it waited for a consumer to have room (backpressure)."""
     bytes_out: int
     """Bytes it sent on all output edges."""
+    started_at: float = 0.0
+    """Wall-clock time (epoch seconds) it passed the start barrier; 0 if it did not."""
+    ended_at: float = 0.0
+    """Wall-clock time (epoch seconds) it finished; 0 if it did not."""
+    error: str | None = None
+    """Why it failed, for the replica that failed the run."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +82,9 @@ class RunReport:
         return iter(self.nodes.values())
 
     def summary(self) -> str:
-        """A plain-text table: one row per node, then one per replica."""
-        header = f"{'node':<24} {'kind':<6} {'replicas':>8} {'in':>10} {'out':>10} {'time s':>8} {'blocked s':>9}"
+        """A plain-text table: one row per node, then one per replica when there are several."""
+        header = (f"{'node':<24} {'kind':<6} {'replicas':>8} {'in':>10} {'out':>10} {'time s':>8} "
+                  f"{'busy s':>8} {'blocked s':>9}")
         lines = [
             f"topology {self.topology!r} ({self.mode}): done in {self.wall_s:.2f} s "
             f"(startup {self.startup_s:.2f} s)",
@@ -83,16 +92,16 @@ class RunReport:
             "-" * len(header),
         ]
         for node in self.nodes.values():
-            blocked = max(r.blocked_s for r in node.replicas)
             lines.append(
-                f"{node.name:<24} {node.kind:<6} {node.parallelism:>8} {node.items_in:>10} "
-                f"{node.items_out:>10} {node.wall_s:>8.2f} {blocked:>9.2f}"
+                f"{node.name:<24} {node.kind:<6} {node.parallelism:>8} {node.items_in:>10} {node.items_out:>10} "
+                f"{node.wall_s:>8.2f} {sum(r.busy_s for r in node.replicas):>8.2f} "
+                f"{sum(r.blocked_s for r in node.replicas):>9.2f}"
             )
             if node.parallelism > 1:
                 for r in node.replicas:
                     label = f"  /{r.replica}@{r.host}"
                     lines.append(
                         f"{label:<24} {'':<6} {'':>8} {r.items_in:>10} {r.items_out:>10} "
-                        f"{r.wall_s:>8.2f} {r.blocked_s:>9.2f}"
+                        f"{r.wall_s:>8.2f} {r.busy_s:>8.2f} {r.blocked_s:>9.2f}"
                     )
         return "\n".join(lines)

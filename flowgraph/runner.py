@@ -6,13 +6,13 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import zmq
 
 from ._pickling import dump_for_workers
-from .control import Coordinator, Done
+from .control import Coordinator
 from .dsl import Topology, TopologySpec
 from .errors import HostError, RunFailed, RunInterrupted, TopologyError
 from .launch.base import Backend, WorkerConfig
@@ -30,6 +30,14 @@ STOP_GRACE_S = 2.0
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
+class Progress(Protocol):
+    """A view of a run in progress (``flowgraph.progress.LiveTable``, ``ProgressLines``)."""
+
+    def update(self, live: Mapping[str, Mapping[str, Any]], alive: set[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def run(
     topology: Topology | TopologySpec,
     *,
@@ -43,6 +51,7 @@ def run(
     ssh_config: str | None = None,
     remote_python: str | None = None,
     advertise: str | None = None,
+    progress: Callable[[Plan], Progress] | None = None,
 ) -> RunReport:
     """Run ``topology`` to its end and return a ``RunReport``.
 
@@ -50,7 +59,9 @@ def run(
     of this process (same wire code, for debugging). ``hosts`` (``"h1,h2"``,
     ``"@FILE"`` or a list) spreads replicas over machines through ssh (see
     ``flowgraph.hosts``; ``ssh_config``, ``remote_python`` and ``advertise``
-    are ``--ssh-config``, ``--remote-python`` and ``--advertise``). ``params`` reach nodes
+    are ``--ssh-config``, ``--remote-python`` and ``--advertise``).
+    ``progress`` makes a view from the plan (see ``flowgraph.progress``)
+    that gets the replicas' counters while the run goes. ``params`` reach nodes
     as ``context().params``. ``hwm`` overrides the high-water mark (in
     batches) of every data socket; ``buffers`` sets all buffer settings.
     ``collect`` names nodes whose received items are returned in
@@ -103,34 +114,47 @@ def run(
     )
     launched = time.monotonic()
     all_exited = False
+    view = progress(plan) if progress is not None else None
+    on_tick = None if view is None else (
+        lambda: view.update(coordinator.live, set(coordinator.live) - coordinator.ended))
     try:
         backend.start(plan.replicas, config)
-        done = coordinator.serve()
+        done = coordinator.serve(on_tick=on_tick)
         all_exited = backend.wait(SHUTDOWN_TIMEOUT_S)
         if not all_exited:
             log.warning("some replicas did not exit after shutdown; killing them")
             backend.kill()
     except RunFailed as failure:
         all_exited = _stop_all(coordinator, backend, f"{failure.node}/{failure.replica} failed")
+        failure.report = _partial_report(plan, backend.mode, coordinator, launched, failure)
         raise
-    except RunInterrupted:
+    except (RunInterrupted, KeyboardInterrupt) as caught:
         all_exited = _stop_all(coordinator, backend, "interrupted")
-        raise
-    except KeyboardInterrupt:
-        all_exited = _stop_all(coordinator, backend, "interrupted")
-        raise RunInterrupted(signal.SIGINT) from None
+        interrupted = caught if isinstance(caught, RunInterrupted) else RunInterrupted(signal.SIGINT)
+        interrupted.report = _partial_report(plan, backend.mode, coordinator, launched, None)
+        if interrupted is caught:
+            raise
+        raise interrupted from None
     except BaseException:
         all_exited = _stop_all(coordinator, backend, "the launcher failed")
         raise
     finally:
         coordinator.close()
         backend.close()
+        if view is not None:
+            view.close()
         if authenticator is not None:
             authenticator.stop()
         if all_exited:
             context.term()
     ended = time.monotonic()
-    return _report(plan, backend.mode, done, launched, coordinator.started_at or ended, ended)
+    collected = {}
+    for node in plan.nodes:
+        batches = [done[r.id].collected for r in plan.replicas if r.node == node.name]
+        if all(batch is not None for batch in batches):
+            collected[node.name] = tuple(tuple(batch or ()) for batch in batches)
+    return _report(plan, backend.mode, {replica: d.stats for replica, d in done.items()}, launched,
+                   coordinator.started_at or ended, ended, collected=collected)
 
 
 def _stop_all(coordinator: Coordinator, backend: Backend, reason: str) -> bool:
@@ -142,28 +166,40 @@ def _stop_all(coordinator: Coordinator, backend: Backend, reason: str) -> bool:
     return backend.wait(STOP_GRACE_S)
 
 
-def _report(plan: Plan, mode: str, done: Mapping[str, Done], launched: float, started: float,
-            ended: float) -> RunReport:
+def _partial_report(plan: Plan, mode: str, coordinator: Coordinator, launched: float,
+                    failure: RunFailed | None) -> RunReport:
+    """What the replicas had done when the run stopped, from their last heartbeats."""
+    ended = time.monotonic()
+    failed = None if failure is None else f"{failure.node}/{failure.replica}"
+    errors = {failed: str(failure.args[0])} if failure is not None and failed is not None else {}
+    return _report(plan, mode, coordinator.live, launched, coordinator.started_at or ended, ended, errors=errors)
+
+
+def _report(plan: Plan, mode: str, stats: Mapping[str, Mapping[str, Any]], launched: float, started: float,
+            ended: float, *, collected: Mapping[str, tuple[tuple[Any, ...], ...]] | None = None,
+            errors: Mapping[str, str] | None = None) -> RunReport:
     nodes = {}
-    collected = {}
     for node in plan.nodes:
         replicas = []
         for replica in (r for r in plan.replicas if r.node == node.name):
-            stats = done[replica.id].stats
-            edges = stats["edges"].values()
+            counters = stats.get(replica.id, {})
+            edges = counters.get("edges", {}).values()
+            started_at = counters.get("started_at", 0.0)
+            ended_at = counters.get("ended_at", 0.0)
             replicas.append(ReplicaReport(
                 node=node.name,
                 replica=replica.index,
                 host=replica.host,
-                items_in=stats["items_in"],
-                items_out=stats["items_out"],
-                wall_s=max(0.0, stats["ended_at"] - stats["started_at"]),
+                items_in=counters.get("items_in", 0),
+                items_out=counters.get("items_out", 0),
+                wall_s=max(0.0, ended_at - started_at) if started_at and ended_at else 0.0,
+                busy_s=counters.get("busy_s", 0.0),
                 blocked_s=sum(edge["blocked_s"] for edge in edges),
                 bytes_out=sum(edge["bytes"] for edge in edges),
+                started_at=started_at,
+                ended_at=ended_at,
+                error=(errors or {}).get(replica.id),
             ))
         nodes[node.name] = NodeReport(node.name, node.kind.value, tuple(replicas))
-        batches = [done[r.id].collected for r in plan.replicas if r.node == node.name]
-        if all(batch is not None for batch in batches):
-            collected[node.name] = tuple(tuple(batch or ()) for batch in batches)
     return RunReport(plan.topology, mode, nodes, startup_s=started - launched, wall_s=ended - launched,
-                     collected=collected)
+                     collected=collected or {})

@@ -22,6 +22,7 @@ in memory at the end of the run.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -32,7 +33,7 @@ from .errors import TopologyError
 from .report import RunReport
 from .runner import run
 
-__all__ = ["Collected", "ListSource", "run_and_collect"]
+__all__ = ["Collected", "ListSource", "assert_same_items", "run_and_collect"]
 
 MODES = ("inproc", "local")
 
@@ -118,3 +119,81 @@ def _fed(spec: TopologySpec, feed: Mapping[str, Iterable[Any]]) -> TopologySpec:
         for node in spec.nodes
     )
     return TopologySpec(spec.name, nodes)
+
+
+def assert_same_items(actual: Iterable[Any], expected: Iterable[Any], *, ordered: bool = False,
+                      shown: int = 5) -> None:
+    """Assert that ``actual`` holds the items of ``expected``: as multisets, or in order with ``ordered``.
+
+    Items may be unhashable (dicts, lists). The ``AssertionError`` says what
+    is missing and what is unexpected (up to ``shown`` of each), or where
+    two sequences first differ, instead of printing both whole.
+
+    >>> assert_same_items([{"n": 2}, {"n": 1}], [{"n": 1}, {"n": 2}])
+    >>> assert_same_items([1, 2, 2], [1, 2, 3])
+    Traceback (most recent call last):
+    AssertionError: got 3 items, expected 3: missing 1 (3), unexpected 1 (2)
+    """
+    actual, expected = list(actual), list(expected)
+    if ordered:
+        if actual == expected:
+            return
+        index = next((i for i, (a, e) in enumerate(zip(actual, expected)) if a != e), min(len(actual), len(expected)))
+        got = repr(actual[index]) if index < len(actual) else "nothing (too short)"
+        wanted = repr(expected[index]) if index < len(expected) else "nothing (too long)"
+        raise AssertionError(f"got {len(actual)} items, expected {len(expected)}: first difference at index "
+                             f"{index}: got {got}, expected {wanted}")
+    have = collections.Counter(_frozen(item) for item in actual)
+    want = collections.Counter(_frozen(item) for item in expected)
+    if have == want:
+        return
+    missing = list((want - have).elements())
+    unexpected = list((have - want).elements())
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} ({_some(missing, shown)})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} ({_some(unexpected, shown)})")
+    raise AssertionError(f"got {len(actual)} items, expected {len(expected)}: {', '.join(parts)}")
+
+
+class _Frozen:
+    """A hashable stand-in for an item, equal when the items are equal; shows as the item."""
+
+    __slots__ = ("item", "key")
+
+    def __init__(self, item: Any, key: Any) -> None:
+        self.item = item
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Frozen) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return repr(self.item)
+
+
+def _frozen(item: Any) -> _Frozen:
+    return _Frozen(item, _key(item))
+
+
+def _key(item: Any) -> Any:
+    if isinstance(item, dict):
+        return ("dict", frozenset((_key(k), _key(v)) for k, v in item.items()))
+    if isinstance(item, (list, tuple)):
+        return (type(item).__name__, tuple(_key(part) for part in item))
+    if isinstance(item, (set, frozenset)):
+        return ("set", frozenset(_key(part) for part in item))
+    try:
+        hash(item)
+    except TypeError:
+        return ("repr", repr(item))
+    return item
+
+
+def _some(items: list[Any], shown: int) -> str:
+    text = ", ".join(repr(item) for item in items[:shown])
+    return text + (f", ... {len(items) - shown} more" if len(items) > shown else "")

@@ -24,6 +24,7 @@ from ._operator import Operator, emitted, generated, make_operator
 from .channel import ControlPipe, Inputs, ProtocolError, Stopped, Wiring, monitor_handshakes
 from .outputs import Outputs
 from .context import Context, set_context
+from .counters import Counters
 from .dsl import NodeKind, NodeSpec
 from .plan import Plan, ReplicaPlan
 
@@ -59,7 +60,8 @@ class _Failure(Exception):
         self.item_repr = _short_repr(item) if has_item else None
 
 
-def run_configured(config: Mapping[str, Any], context: zmq.Context, control: ControlPipe) -> bool:
+def run_configured(config: Mapping[str, Any], context: zmq.Context, control: ControlPipe,
+                   counters: Counters) -> bool:
     """Unpickle the node code a worker configuration carries and run that replica.
 
     ``config`` is what ``WorkerConfig.for_replica`` made. A failure to
@@ -82,12 +84,12 @@ def run_configured(config: Mapping[str, Any], context: zmq.Context, control: Con
         params=config["params"],
         collect=config["collect"],
     )
-    return run_replica(job, context, control)
+    return run_replica(job, context, control, counters)
 
 
-def run_replica(job: ReplicaJob, context: zmq.Context, control: ControlPipe) -> bool:
-    """Run one replica to its end; True if it finished cleanly, False on error or stop."""
-    runner = _Replica(job, context, control)
+def run_replica(job: ReplicaJob, context: zmq.Context, control: ControlPipe, counters: Counters) -> bool:
+    """Run one replica to its end, counting in ``counters``; True if it finished cleanly."""
+    runner = _Replica(job, context, control, counters)
     set_context(runner.context)
     try:
         return runner.run()
@@ -96,18 +98,16 @@ def run_replica(job: ReplicaJob, context: zmq.Context, control: ControlPipe) -> 
 
 
 class _Replica:
-    def __init__(self, job: ReplicaJob, context: zmq.Context, control: ControlPipe) -> None:
+    def __init__(self, job: ReplicaJob, context: zmq.Context, control: ControlPipe, counters: Counters) -> None:
         self.job = job
         self.zmq_context = context
         self.control = control
+        self.counters = counters
         replica = job.replica
         self.context = Context(replica.node, replica.index, job.node.parallelism, replica.host, job.params)
         self.inputs = Inputs(context, job.plan, replica, job.token, control, job.wiring)
-        self.outputs = Outputs(job.plan, replica, job.token, control, job.wiring)
-        self.items_in = 0
-        self.items_out = 0
+        self.outputs = Outputs(job.plan, replica, job.token, control, job.wiring, counters)
         self.collected: list[Any] = []
-        self.started_at = 0.0
 
     def run(self) -> bool:
         operator: Operator | None = None
@@ -118,7 +118,7 @@ class _Replica:
             self._call("setup", operator.setup)
             self.control.send("ready", {})
             self._wait_for("start")
-            self.started_at = time.time()
+            self.counters.started_at = time.time()
             if self.job.node.kind is NodeKind.SOURCE:
                 self._generate(operator)
             else:
@@ -138,7 +138,8 @@ class _Replica:
         if failure is not None:
             _send_error(self.control, failure)
         else:
-            self.control.send("done", self._stats(), self.collected if self.job.collect else None)
+            done = {**self.counters.snapshot(), "ended_at": time.time()}
+            self.control.send("done", done, self.collected if self.job.collect else None)
         try:
             self._wait_for("shutdown")
         except Stopped:
@@ -176,7 +177,7 @@ class _Replica:
         A source that took longer than ``_SLOW_ITEM_S`` for its last item is
         not producing fast enough to fill batches: its items go out at once.
         """
-        outputs = self.outputs
+        outputs, counters = self.outputs, self.counters
         emit = outputs.emit
         clock = time.monotonic
         try:
@@ -188,8 +189,9 @@ class _Replica:
                 except StopIteration:
                     return
                 now = clock()
+                counters.busy_s += now - asked
                 emit(item)
-                self.items_out += 1
+                counters.items_out += 1
                 if now >= outputs.deadline or now - asked > _SLOW_ITEM_S:
                     self._flush_and_check()
         except Stopped:
@@ -198,7 +200,7 @@ class _Replica:
             raise _Failure("generate", error) from error
 
     def _process(self, operator: Operator) -> None:
-        inputs, outputs = self.inputs, self.outputs
+        inputs, outputs, counters = self.inputs, self.outputs, self.counters
         emit = outputs.emit if outputs.edges else None
         process = operator.process
         clock = time.monotonic
@@ -216,8 +218,10 @@ class _Replica:
                 continue
             upstream, items = batch
             self.context.input = upstream
+            started = now = clock()
+            blocked = self._blocked_s()
             for item in items:
-                self.items_in += 1
+                counters.items_in += 1
                 if collect is not None:
                     collect(item)
                 try:
@@ -226,25 +230,32 @@ class _Replica:
                         for output in emitted(result):
                             if emit is not None:
                                 emit(output)
-                                self.items_out += 1
+                                counters.items_out += 1
                 except Stopped:
                     raise
                 except Exception as error:
                     raise _Failure("process", error, item, has_item=True) from error
-                if clock() >= outputs.deadline:
+                now = clock()
+                if now >= outputs.deadline:
                     self._flush_and_check()
+            counters.busy_s += now - started - (self._blocked_s() - blocked)
+
+    def _blocked_s(self) -> float:
+        return sum(edge.stats.blocked_s for edge in self.outputs.edges)
 
     def _emit_all(self, phase: str, method: Any) -> None:
         self.context.input = None
+        started = time.monotonic()
         try:
             for output in emitted(method()):
                 if self.outputs.edges:
                     self.outputs.emit(output)
-                    self.items_out += 1
+                    self.counters.items_out += 1
         except Stopped:
             raise
         except Exception as error:
             raise _Failure(phase, error) from error
+        self.counters.busy_s += time.monotonic() - started
 
     def _flush_and_check(self) -> None:
         self.outputs.flush()
@@ -267,20 +278,6 @@ class _Replica:
             log.error("%s: teardown() failed: %r", self.job.replica.id, error)
             return _Failure("teardown", error)
         return None
-
-    def _stats(self) -> dict[str, Any]:
-        edges = {
-            edge.plan.name: {"items": edge.stats.items, "batches": edge.stats.batches,
-                             "bytes": edge.stats.bytes, "blocked_s": edge.stats.blocked_s}
-            for edge in self.outputs.edges
-        }
-        return {
-            "items_in": self.items_in,
-            "items_out": self.items_out,
-            "started_at": self.started_at,
-            "ended_at": time.time(),
-            "edges": edges,
-        }
 
     def _close(self) -> None:
         self.inputs.close()

@@ -9,7 +9,7 @@ import pytest
 
 from flowgraph import Topology, broadcast, by_key, context, shuffle
 from flowgraph.dsl import NodeKind
-from flowgraph.testing import run_and_collect
+from flowgraph.testing import assert_same_items, run_and_collect
 
 
 def _source(base: int, count: int):
@@ -90,9 +90,9 @@ def test_inproc_and_processes_reach_the_sinks_with_the_same_items(seed):
     processes = run_and_collect(topo, mode="local")
     assert set(threads) == set(processes) and threads
     for sink in threads:
-        assert collections.Counter(threads[sink]) == collections.Counter(processes[sink]), sink
+        assert_same_items(processes[sink], threads[sink])
     for sink in ordered_sinks(topo):
-        assert threads[sink] == processes[sink], sink
+        assert_same_items(processes[sink], threads[sink], ordered=True)
 
 
 def test_the_generator_covers_fan_in_fan_out_every_grouping_finish_and_ordered_sinks():

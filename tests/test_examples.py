@@ -22,7 +22,7 @@ def test_crawl_stores_every_page_of_the_bundled_site_in_crawl_db_of_the_current_
     code, stdout, stderr = run_cli("run", *options, str(TOPOLOGIES / "crawl.py"), cwd=tmp_path)
     assert code == 0, stderr
     db = tmp_path / "crawl.db"
-    assert f"[store/0@localhost] stored 42 pages in table 'pages' of {db}" in stdout
+    assert f"[store/0@localhost] stored 42 pages in table 'pages' of {db}" in stderr
     rows = pages(db)
     sitemap = (TOPOLOGIES / "site" / "sitemap.txt").read_text().split()
     assert len(rows) == len(sitemap) == 42
@@ -37,6 +37,6 @@ def test_crawl_db_can_be_chosen_with_set(tmp_path):
     db = tmp_path / "out" / "valley.db"
     code, stdout, stderr = run_cli("run", str(TOPOLOGIES / "crawl.py"), "--set", f"db={db}", cwd=tmp_path)
     assert code == 0, stderr
-    assert f"of {db}" in stdout
+    assert f"of {db}" in stderr
     assert len(pages(db)) == 42
     assert not (tmp_path / "crawl.db").exists()

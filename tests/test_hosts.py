@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import signal
@@ -16,7 +15,7 @@ import zmq
 
 from flowgraph import HostError, RunFailed, Topology, by_key, context, run
 from flowgraph.hosts import Host, parse_hosts, read_hosts_file
-from flowgraph.testing import run_and_collect
+from flowgraph.testing import assert_same_items, run_and_collect
 from helpers import SLOW_TOPOLOGY, Cli, run_cli, still_running, write_topology
 from test_equivalence import ordered_sinks, random_dag
 
@@ -33,9 +32,9 @@ def test_random_dags_reach_the_same_sinks_locally_and_over_three_hosts(test_host
     local = run_and_collect(topo, mode="local")
     remote = run_and_collect(topo, mode="local", **over(test_hosts))
     for sink in local:
-        assert collections.Counter(local[sink]) == collections.Counter(remote[sink]), sink
+        assert_same_items(remote[sink], local[sink])
     for sink in ordered_sinks(topo):
-        assert local[sink] == remote[sink], sink
+        assert_same_items(remote[sink], local[sink], ordered=True)
 
 
 def test_order_by_key_and_context_host_hold_across_hosts(test_hosts):
@@ -89,7 +88,7 @@ def test_the_cli_prefixes_remote_output_with_node_replica_and_host(test_hosts, t
     code, stdout, stderr = run_cli("run", str(path), *test_hosts.options())
     assert code == 0, stderr
     for line in ("[hello/0@h1] hello from h1", "[hello/1@h2] hello from h2", "[hello/2@h3] hello from h3"):
-        assert line in stdout
+        assert line in stderr
     assert "topology 'hello' (hosts)" in stderr
 
 
@@ -306,4 +305,4 @@ def test_the_crawl_example_runs_over_hosts(test_hosts, tmp_path):
     db = tmp_path / "crawl.db"  # the hosts share this machine's files; their working directory is ~
     code, stdout, stderr = run_cli("run", str(crawl), "--set", f"db={db}", *test_hosts.options(), cwd=tmp_path)
     assert code == 0, stderr
-    assert f"stored 42 pages in table 'pages' of {db}" in stdout
+    assert f"stored 42 pages in table 'pages' of {db}" in stderr

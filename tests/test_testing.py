@@ -7,7 +7,7 @@ import re
 import pytest
 
 from flowgraph import Topology, TopologyError, by_key, context
-from flowgraph.testing import ListSource, run_and_collect
+from flowgraph.testing import ListSource, assert_same_items, run_and_collect
 
 
 def word_lengths() -> Topology:
@@ -78,3 +78,24 @@ def test_collecting_an_unknown_node_is_an_error():
 def test_unknown_mode_is_an_error():
     with pytest.raises(ValueError, match="mode must be one of inproc, local"):
         run_and_collect(word_lengths(), mode="cluster")
+
+
+def test_assert_same_items_compares_multisets_of_unhashable_items():
+    assert_same_items([{"a": [1, 2]}, {"b": {3}}], [{"b": {3}}, {"a": [1, 2]}])
+    with pytest.raises(AssertionError, match=re.escape(
+            "got 3 items, expected 3: missing 1 ({'n': 3}), unexpected 1 ({'n': 2})")):
+        assert_same_items([{"n": 1}, {"n": 2}, {"n": 2}], [{"n": 1}, {"n": 2}, {"n": 3}])
+
+
+def test_assert_same_items_in_order_names_the_first_difference():
+    assert_same_items([1, 2, 3], [1, 2, 3], ordered=True)
+    with pytest.raises(AssertionError, match=re.escape(
+            "got 3 items, expected 3: first difference at index 1: got 3, expected 2")):
+        assert_same_items([1, 3, 2], [1, 2, 3], ordered=True)
+    with pytest.raises(AssertionError, match=re.escape("first difference at index 2: got nothing (too short)")):
+        assert_same_items([1, 2], [1, 2, 3], ordered=True)
+
+
+def test_assert_same_items_shows_only_a_few_of_many_differences():
+    with pytest.raises(AssertionError, match=re.escape("missing 100 (0, 1, 2, 3, 4, ... 95 more)")):
+        assert_same_items([], range(100))

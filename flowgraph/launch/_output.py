@@ -1,4 +1,8 @@
-"""Forward workers' stdout and stderr line by line with a ``[node/replica@host]`` prefix."""
+"""Forward workers' stdout and stderr line by line, prefixed ``[node/replica@host]``, to our stderr.
+
+Both streams go to the launcher's stderr, with the progress view and the
+summary: what nodes print is diagnostics about the run; results go to sinks.
+"""
 
 from __future__ import annotations
 
@@ -29,21 +33,20 @@ class OutputForwarder:
         self._thread.start()
 
     def follow(self, replica_id: str, label: str, stdout: IO[bytes] | None, stderr: IO[bytes] | None) -> None:
-        """Forward ``stdout`` to our stdout and ``stderr`` to our stderr, prefixed with ``[label]``."""
+        """Forward the worker's ``stdout`` and ``stderr`` to our stderr, prefixed with ``[label]``."""
         with self._lock:
             self._tails[replica_id] = collections.deque(maxlen=_TAIL_LINES)
             self._ended[replica_id] = []
-            for pipe, target in ((stdout, sys.stdout), (stderr, sys.stderr)):
+            for pipe in (stdout, stderr):
                 if pipe is not None:
-                    tail = self._tails[replica_id] if target is sys.stderr else None
-                    stream = _Stream(f"[{label}] ", target, tail)
+                    stream = _Stream(f"[{label}] ", sys.stderr, self._tails[replica_id])
                     self._ended[replica_id].append(stream.ended)
                     self._selector.register(pipe, selectors.EVENT_READ, stream)
                     self._open += 1
         os.write(self._wake_write, b"x")
 
     def tail(self, replica_id: str, wait_s: float = 1.0) -> str:
-        """The last lines ``replica_id`` wrote to stderr (waiting up to ``wait_s`` for its pipes to close)."""
+        """The last lines ``replica_id`` wrote (waiting up to ``wait_s`` for its pipes to close)."""
         deadline = time.monotonic() + wait_s
         for ended in self._ended.get(replica_id, []):
             ended.wait(max(0.0, deadline - time.monotonic()))
@@ -77,7 +80,7 @@ class OutputForwarder:
 
 
 class _Stream:
-    def __init__(self, prefix: str, target: IO[str], tail: collections.deque[str] | None) -> None:
+    def __init__(self, prefix: str, target: IO[str], tail: collections.deque[str]) -> None:
         self._prefix = prefix
         self._target = target
         self._tail = tail
@@ -98,7 +101,6 @@ class _Stream:
         if not lines:
             return
         text = [line.decode("utf-8", "replace") + "\n" for line in lines]
-        if self._tail is not None:
-            self._tail.extend(text)
+        self._tail.extend(text)
         self._target.write("".join(self._prefix + line for line in text))
         self._target.flush()

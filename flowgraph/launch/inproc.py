@@ -23,6 +23,7 @@ from typing import IO
 import zmq
 
 from ..agent import Agent, finish_pipe
+from ..counters import Counters
 from ..plan import ReplicaPlan
 from ..worker import run_configured
 from .base import Exit, Site, WorkerConfig
@@ -45,7 +46,8 @@ class InprocBackend:
         self._results: dict[str, bool] = {}
         self._reported: set[str] = set()
         self._saved_stdio = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _PrefixingStream(sys.stdout), _PrefixingStream(sys.stderr)
+        # As from worker processes: what replicas print goes to stderr, prefixed.
+        sys.stdout, sys.stderr = _PrefixingStream(sys.stdout, sys.stderr), _PrefixingStream(sys.stderr, sys.stderr)
 
     def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
         """Start one thread per replica, each with its own copy of the node code."""
@@ -57,13 +59,15 @@ class InprocBackend:
 
     def _run(self, replica: ReplicaPlan, config: WorkerConfig) -> None:
         _thread_label.prefix = f"[{replica.id}@{replica.host}] "
+        counters = Counters()
         agent = Agent(self._context, config.control, config.token, replica.id,
-                      on_stop=lambda reason: None, launcher_timeout_s=math.inf)
+                      on_stop=lambda reason: None, counters=counters, launcher_timeout_s=math.inf)
         pipe = agent.pipe()
         agent.start()
         try:
             site = Site(config.control, self._data_bind, None, math.inf)
-            self._results[replica.id] = run_configured(config.for_replica(replica, site), self._context, pipe)
+            self._results[replica.id] = run_configured(config.for_replica(replica, site), self._context, pipe,
+                                                       counters)
         finally:
             finish_pipe(pipe)
             agent.join()
@@ -95,10 +99,11 @@ class InprocBackend:
 
 
 class _PrefixingStream(io.TextIOBase):
-    """Writes of replica threads become whole lines prefixed with the replica; others pass through."""
+    """Writes of replica threads become whole prefixed lines on ``replicas``; others pass to ``target``."""
 
-    def __init__(self, target: IO[str]) -> None:
+    def __init__(self, target: IO[str], replicas: IO[str]) -> None:
         self._target = target
+        self._replicas = replicas
         self._partial = threading.local()
         self._lock = threading.Lock()
 
@@ -110,7 +115,7 @@ class _PrefixingStream(io.TextIOBase):
         self._partial.text = rest
         if lines:
             with self._lock:
-                self._target.write("".join(f"{prefix}{line}\n" for line in lines))
+                self._replicas.write("".join(f"{prefix}{line}\n" for line in lines))
         return len(text)
 
     def flush(self) -> None:
