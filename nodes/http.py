@@ -2,6 +2,7 @@
 
 Each replica keeps one keep-alive connection per (scheme, host, port), so a
 crawl over one site opens one connection per replica, not one per URL.
+With ``min_interval_s`` it also spaces out its requests to each of them.
 
 A failed fetch is an item, not an exception, unless ``raise_errors=True``:
 its ``error`` is a one-line ``"ExcType: message"``. Besides the exceptions
@@ -113,7 +114,15 @@ class Fetch:
     - ``user_agent``: the ``User-Agent`` header;
     - ``max_bytes``: a longer body is a ``BodyTooLarge`` error;
     - ``raise_errors``: raise ``FetchError`` instead of outputting an item
-      with ``error`` set, which fails the run.
+      with ``error`` set, which fails the run;
+    - ``min_interval_s``: politeness; the least time between the starts of
+      two requests to the same (scheme, host, port) from this replica.
+      Every request counts: retries and redirect hops too. A request that
+      comes sooner waits (``time.sleep``) only for the rest of the
+      interval; one that comes later goes at once. The limit is per
+      replica: ``parallelism=4`` may send a host four requests per
+      interval. To hold a host to one request per interval, route its URLs
+      to one replica with ``by_key(lambda url: urlsplit(url).hostname)``.
 
     Redirects (301, 302, 303, 307, 308) are followed up to ``MAX_REDIRECTS``
     hops. ``https`` certificates are verified against the system's CAs.
@@ -123,7 +132,7 @@ class Fetch:
     >>> @topo.source
     ... def urls():
     ...     yield "http://127.0.0.1:8000/index.html"
-    >>> fetch = topo.node(Fetch(timeout_s=5), inputs=urls, parallelism=4, name="fetch")
+    >>> fetch = topo.node(Fetch(timeout_s=5, min_interval_s=0.5), inputs=urls, parallelism=4, name="fetch")
     """
 
     def __init__(
@@ -135,6 +144,7 @@ class Fetch:
         user_agent: str = "flowgraph/0.1",
         max_bytes: int = 10_000_000,
         raise_errors: bool = False,
+        min_interval_s: float = 0.0,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"Fetch needs timeout_s > 0, got {timeout_s!r}")
@@ -144,14 +154,22 @@ class Fetch:
             raise ValueError(f"Fetch needs backoff_s >= 0, got {backoff_s!r}")
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"Fetch needs an integer max_bytes >= 1, got {max_bytes!r}")
+        if not min_interval_s >= 0:
+            raise ValueError(f"Fetch needs min_interval_s >= 0, got {min_interval_s!r}")
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.user_agent = user_agent
         self.max_bytes = max_bytes
         self.raise_errors = raise_errors
+        self.min_interval_s = min_interval_s
         # Opened lazily in process(); empty until then, so the instance pickles.
         self._connections: dict[_Key, http.client.HTTPConnection] = {}
+        # When the last request to each (scheme, host, port) started, by _clock.
+        self._last_request_s: dict[_Key, float] = {}
+        # What min_interval_s and the retry backoff measure and wait with; tests put a fake clock here.
+        self._clock = time.monotonic
+        self._sleep = time.sleep
 
     def process(self, item: str | dict[str, Any]) -> dict[str, Any]:
         """Fetch the URL of ``item`` and return the output dict described on the class.
@@ -232,7 +250,7 @@ class Fetch:
             logger.info(
                 "retrying %s in %.2f s after %s (retry %d of %d)", url, delay_s, failure, attempt, self.retries
             )
-            time.sleep(delay_s)
+            self._sleep(delay_s)
 
     def _get(self, key: _Key, target: str) -> _Response:
         connection = self._connections.get(key)
@@ -254,6 +272,7 @@ class Fetch:
         connection = self._connections.get(key)
         if connection is None:
             connection = self._connections[key] = self._open(key)
+        self._wait_for_turn(key)
         try:
             connection.request("GET", target, headers={"User-Agent": self.user_agent, "Accept": "*/*"})
             response = connection.getresponse()
@@ -265,6 +284,18 @@ class Fetch:
         if body is None:
             self._connections.pop(key).close()
         return _Response(response.status, response.reason, response.headers, body)
+
+    def _wait_for_turn(self, key: _Key) -> None:
+        """Sleep until ``min_interval_s`` has passed since the last request to ``key`` started."""
+        if not self.min_interval_s:
+            return
+        last_s = self._last_request_s.get(key)
+        if last_s is not None:
+            wait_s = last_s + self.min_interval_s - self._clock()
+            if wait_s > 0:
+                logger.debug("waiting %.3f s before the next request to %s:%s", wait_s, key[1], key[2])
+                self._sleep(wait_s)
+        self._last_request_s[key] = self._clock()
 
     def _open(self, key: _Key) -> http.client.HTTPConnection:
         scheme, host, port = key

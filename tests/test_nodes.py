@@ -30,7 +30,9 @@ from typing import Any
 import pytest
 
 import nodes.http
+from flowgraph import Topology
 from flowgraph.context import Context, set_context
+from flowgraph.testing import run_and_collect
 from nodes.http import MAX_REDIRECTS, Fetch, FetchError, HTTPStatusError
 from nodes.sqlite import SQLiteStore, count_rows
 from nodes.text import ENGLISH_STOPWORDS, AnalyzePage, parse_html, tokenize, top_words, word_counts
@@ -428,6 +430,135 @@ def test_fetch_pickles_with_its_configuration(site, make_fetch):
     assert (copy.timeout_s, copy.user_agent) == (3.0, "valley-bot")
     assert copy.process(site.url("index.html"))["status"] == 200
     copy.teardown()
+
+
+# --- Fetch politeness (min_interval_s) ------------------------------------------------
+
+
+class _FakeClock:
+    """A monotonic clock that moves only when Fetch sleeps on it or the test moves it."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now_s
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now_s += seconds
+
+
+@pytest.fixture
+def clock() -> _FakeClock:
+    return _FakeClock()
+
+
+@pytest.fixture
+def make_polite_fetch(make_fetch, clock) -> Callable[..., Fetch]:
+    """Makes ``Fetch`` nodes that measure and wait on ``clock`` instead of real time."""
+
+    def make(**config: Any) -> Fetch:
+        fetch = make_fetch(**config)
+        fetch._clock = clock.monotonic
+        fetch._sleep = clock.sleep
+        return fetch
+
+    return make
+
+
+def test_fetch_with_min_interval_waits_the_interval_between_requests_to_one_host(site, make_polite_fetch, clock):
+    fetch = make_polite_fetch(min_interval_s=1.5)
+
+    for path in ["index.html", "birds/index.html", "trees/oak.html"]:
+        assert fetch.process(site.url(path))["error"] is None
+
+    assert clock.sleeps == [1.5, 1.5]
+
+
+def test_fetch_with_min_interval_waits_only_for_the_rest_of_the_interval(site, make_polite_fetch, clock):
+    fetch = make_polite_fetch(min_interval_s=1.0)
+
+    fetch.process(site.url("index.html"))
+    clock.now_s += 0.25
+    fetch.process(site.url("birds/index.html"))
+    clock.now_s += 3.0
+    fetch.process(site.url("trees/oak.html"))
+
+    assert clock.sleeps == pytest.approx([0.75])
+
+
+def test_fetch_with_min_interval_does_not_wait_between_different_hosts_or_ports(site, make_polite_fetch, clock):
+    fetch = make_polite_fetch(min_interval_s=1.0)
+    with _serving(_SiteServer()) as other:
+        try:
+            first = fetch.process(site.url("index.html"))
+            second = fetch.process(other.url("index.html"))
+        finally:
+            fetch.teardown()  # before the server stops: it waits for open connections to close
+
+    assert (first["error"], second["error"]) == (None, None)
+    assert clock.sleeps == []
+
+
+def test_fetch_with_min_interval_spaces_out_redirect_hops_too(site, make_polite_fetch, clock):
+    page = make_polite_fetch(min_interval_s=1.0).process(site.url("moved"))
+
+    assert page["final_url"] == site.url("birds/heron.html")
+    assert clock.sleeps == [1.0]
+
+
+def test_fetch_with_min_interval_counts_the_retry_backoff_towards_the_interval(site, make_polite_fetch, clock):
+    page = make_polite_fetch(min_interval_s=1.0, retries=2, backoff_s=0.25).process(site.url("flaky"))
+
+    assert page["status"] == 200
+    # backoff 0.25, then the rest of the interval; backoff 0.5, then the rest again.
+    assert clock.sleeps == pytest.approx([0.25, 0.75, 0.5, 0.5])
+
+
+def test_fetch_without_min_interval_never_waits(site, make_polite_fetch, clock):
+    fetch = make_polite_fetch()
+
+    for path in ["index.html", "index.html", "moved"]:
+        fetch.process(site.url(path))
+
+    assert fetch.min_interval_s == 0.0
+    assert clock.sleeps == []
+
+
+def test_fetch_rejects_a_negative_min_interval():
+    with pytest.raises(ValueError, match=re.escape("Fetch needs min_interval_s >= 0, got -0.5")):
+        Fetch(min_interval_s=-0.5)
+
+
+def test_fetch_with_min_interval_really_spaces_out_requests(site, make_fetch):
+    fetch = make_fetch(min_interval_s=0.1)
+    started = time.monotonic()
+
+    for path in ["index.html", "birds/index.html", "trees/oak.html", "index.html"]:
+        assert fetch.process(site.url(path))["error"] is None
+
+    assert 0.3 <= time.monotonic() - started < 5.0
+
+
+def test_fetch_with_min_interval_in_a_run_fetches_every_url(site, mode):
+    urls = [site.url(path) for path in ["index.html", "birds/index.html", "trees/oak.html", "moved"]]
+    topo = Topology("polite")
+
+    @topo.source
+    def seeds():
+        yield from urls
+
+    fetch = topo.node(Fetch(min_interval_s=0.05), inputs=seeds, parallelism=2, name="fetch")
+
+    @topo.sink(inputs=fetch)
+    def pages(page):
+        pass
+
+    got = run_and_collect(topo, mode=mode)["pages"]
+
+    assert sorted((page["url"], page["status"]) for page in got) == sorted((url, 200) for url in urls)
 
 
 # --- text -------------------------------------------------------------------------
