@@ -250,7 +250,8 @@ def test_combine_counts_adds_up_pairs_by_count_then_key():
 
 
 def test_combine_counts_rejects_an_element_that_is_not_a_pair():
-    expected = "combine_counts takes (key, count) pairs, not tuple: ('a', 1, 2); feed it what CountByKey or SumByKey emit"
+    expected = ("combine_counts takes (key, count) pairs, not tuple: ('a', 1, 2); "
+                "feed it what CountByKey or SumByKey emit")
 
     with pytest.raises(TypeError, match=re.escape(expected)):
         combine_counts([("a", 1, 2)])
