@@ -9,6 +9,7 @@ that into items.
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ class Operator:
     generate: Callable[[], Any]
     finish: Callable[[], Any]
     teardown: Callable[[], Any]
+    yields: bool = False
+    """``process`` is a generator function (else it returns a value, None, or now and then a generator)."""
 
 
 def make_operator(node: NodeSpec) -> Operator:
@@ -37,14 +40,16 @@ def make_operator(node: NodeSpec) -> Operator:
     if node.shape in (Shape.FUNCTION, Shape.GENERATOR):
         if node.kind is NodeKind.SOURCE:
             return Operator(_nothing, _no_process, node.code, _nothing, _nothing)
-        return Operator(_nothing, node.code, _nothing, _nothing, _nothing)
+        return Operator(_nothing, node.code, _nothing, _nothing, _nothing, yields=node.shape is Shape.GENERATOR)
     instance = node.code() if node.shape is Shape.CLASS else node.code
+    process = getattr(instance, "process", _no_process)
     return Operator(
         setup=getattr(instance, "setup", _nothing),
-        process=getattr(instance, "process", _no_process),
+        process=process,
         generate=getattr(instance, "generate", _nothing),
         finish=getattr(instance, "finish", _nothing),
         teardown=getattr(instance, "teardown", _nothing),
+        yields=inspect.isgeneratorfunction(process),
     )
 
 

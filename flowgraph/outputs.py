@@ -9,6 +9,7 @@ so EOS never overtakes data.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from .plan import BufferSettings, ConnectPlan, EdgePlan, Plan, ReplicaPlan, broa
 log = logging.getLogger(__name__)
 
 _SEND_WAIT_MS = 100
+_KEY_CACHE_SIZE = 100_000
 SUBSCRIBE_TIMEOUT_S = 30.0
 """Broadcast consumers connect right after the address book; longer than this is a failure."""
 
@@ -44,6 +46,7 @@ class _Edge:
         self._wiring = wiring
         self._limit = 1
         """Items per batch: adapted after each batch so a batch is about ``batch_bytes``."""
+        self._encoder = wire.BatchEncoder()
         self.sockets: list[zmq.Socket] = []
         self._seq: list[int] = []
 
@@ -51,7 +54,7 @@ class _Edge:
                 payload: list[Any] | None = None) -> list[Any]:
         """Header and payload for the next message on socket ``socket_index``."""
         if payload is None:
-            payload = wire.encode_items(items) if items else []
+            payload = self._encoder.encode(items) if items else []
         seq = self._seq[socket_index]
         self._seq[socket_index] = seq + 1
         header = wire.encode_header(self._token, kind, self._node_index, self._replica, seq, len(items))
@@ -84,8 +87,8 @@ class _Edge:
         finally:
             self.stats.blocked_s += time.monotonic() - started
 
-    def add(self, item: Any) -> None:
-        """Put ``item`` into a pending batch; send the batch when it is full."""
+    def add_many(self, items: list[Any]) -> None:
+        """Put ``items`` into pending batches; send every batch that is full."""
         raise NotImplementedError
 
     def flush(self) -> None:
@@ -103,11 +106,7 @@ class _Edge:
 
 
 class _PushEdge(_Edge):
-    """shuffle and by_key: one PUSH socket and one pending batch per consumer replica."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
+    """shuffle and by_key: one PUSH socket per consumer replica."""
 
     def open(self, context: zmq.Context, connects: Sequence[ConnectPlan],
              address_book: Mapping[str, Mapping[str, str]]) -> None:
@@ -118,22 +117,6 @@ class _PushEdge(_Edge):
             self.sockets.append(socket)
         self._seq = [0] * len(self.sockets)
 
-    def flush(self) -> None:
-        for consumer in range(self.plan.consumers):
-            self._flush_one(consumer)
-
-    def _flush_one(self, consumer: int) -> None:
-        items = self._pending[consumer]
-        if not items:
-            return
-        self._pending[consumer] = []
-        self._send_batch(consumer, items)
-
-    def _send_batch(self, consumer: int, items: list[Any]) -> None:
-        frames = self._frames(consumer, wire.Kind.BATCH, items)
-        self._send_waiting(self.sockets[consumer], frames)
-        self._account(items, frames)
-
     def send_eos(self) -> None:
         self.flush()
         for index, socket in enumerate(self.sockets):
@@ -141,11 +124,18 @@ class _PushEdge(_Edge):
 
 
 class _ShuffleEdge(_PushEdge):
-    """Items are dealt round robin; a batch whose consumer is full goes to one with room."""
+    """Items are dealt round robin into a pending batch per consumer replica (load-aware when sent).
+
+    A batch goes to its own consumer if that one's buffers have room, else to
+    the next consumer that has room, so a slow replica gets less. Dealing
+    item by item keeps a short stream of expensive items spread evenly; it
+    is done with strided slices, so it costs nothing per item.
+    """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._next = 0
+        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
+        self._turn = 0
         self._poller = zmq.Poller()
 
     def open(self, *args: Any) -> None:
@@ -154,21 +144,35 @@ class _ShuffleEdge(_PushEdge):
             self._poller.register(socket, zmq.POLLOUT)
         self._poller.register(self._control.socket, zmq.POLLIN)
 
-    def add(self, item: Any) -> None:
-        consumer = self._next
-        self._next = (consumer + 1) % self.plan.consumers
-        pending = self._pending[consumer]
-        pending.append(item)
-        if len(pending) >= self._limit:
-            self._flush_one(consumer)
+    def add_many(self, items: list[Any]) -> None:
+        pending = self._pending
+        ways = len(pending)
+        if ways == 1:
+            pending[0].extend(items)
+        else:
+            turn = self._turn
+            for offset in range(min(ways, len(items))):
+                pending[(turn + offset) % ways].extend(items[offset::ways])
+            self._turn = (turn + len(items)) % ways
+        for consumer, batch in enumerate(pending):
+            while len(batch) >= self._limit:
+                limit = self._limit
+                self._send_to_one_with_room(consumer, batch[:limit])
+                del batch[:limit]
 
-    def _send_batch(self, consumer: int, items: list[Any]) -> None:
-        payload = wire.encode_items(items)
+    def flush(self) -> None:
+        for consumer, batch in enumerate(self._pending):
+            if batch:
+                self._pending[consumer] = []
+                self._send_to_one_with_room(consumer, batch)
+
+    def _send_to_one_with_room(self, preferred: int, items: list[Any]) -> None:
+        payload = self._encoder.encode(items)
         count = len(self.sockets)
         started = None
         while True:
             for offset in range(count):
-                index = (consumer + offset) % count
+                index = (preferred + offset) % count
                 frames = self._frames(index, wire.Kind.BATCH, items, payload)
                 try:
                     self.sockets[index].send_multipart(frames, zmq.NOBLOCK, copy=False)
@@ -186,19 +190,45 @@ class _ShuffleEdge(_PushEdge):
 
 
 class _KeyedEdge(_PushEdge):
-    """by_key: the consumer replica comes from a stable hash of the key."""
+    """by_key: the consumer replica comes from a stable hash of the key (cached for str and int keys)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         key = self.plan.grouping.key
-        self._key: Callable[[Any], Any] = key if callable(key) else (lambda item: item[key])
+        self._key: Callable[[Any], Any] = key if callable(key) else operator.itemgetter(key)
+        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
+        self._replica_of: dict[Any, int] = {}
 
-    def add(self, item: Any) -> None:
-        consumer = replica_for_key(self._key(item), self.plan.consumers)
-        pending = self._pending[consumer]
-        pending.append(item)
-        if len(pending) >= self._limit:
-            self._flush_one(consumer)
+    def add_many(self, items: list[Any]) -> None:
+        key, replica_of, pending = self._key, self._replica_of, self._pending
+        consumers = self.plan.consumers
+        for item in items:
+            value = key(item)
+            kind = type(value)
+            if kind is str or kind is int:  # equal keys of other types may hash apart: not cached
+                consumer = replica_of.get(value)
+                if consumer is None:
+                    if len(replica_of) >= _KEY_CACHE_SIZE:
+                        replica_of.clear()
+                    consumer = replica_of[value] = replica_for_key(value, consumers)
+            else:
+                consumer = replica_for_key(value, consumers)
+            batch = pending[consumer]
+            batch.append(item)
+            if len(batch) >= self._limit:
+                pending[consumer] = []
+                self._send_batch(consumer, batch)
+
+    def flush(self) -> None:
+        for consumer, batch in enumerate(self._pending):
+            if batch:
+                self._pending[consumer] = []
+                self._send_batch(consumer, batch)
+
+    def _send_batch(self, consumer: int, items: list[Any]) -> None:
+        frames = self._frames(consumer, wire.Kind.BATCH, items)
+        self._send_waiting(self.sockets[consumer], frames)
+        self._account(items, frames)
 
 
 class _BroadcastEdge(_Edge):
@@ -243,15 +273,21 @@ class _BroadcastEdge(_Edge):
             elif message[:1] == SUBSCRIBE:
                 log.warning("%s: ignored a subscription that is not from this run", self.plan.name)
 
-    def add(self, item: Any) -> None:
-        self._pending.append(item)
-        if len(self._pending) >= self._limit:
-            self.flush()
+    def add_many(self, items: list[Any]) -> None:
+        pending = self._pending
+        pending.extend(items)
+        while len(pending) >= self._limit:
+            limit = self._limit
+            batch = pending[:limit]
+            del pending[:limit]
+            self._send(batch)
 
     def flush(self) -> None:
-        if not self._pending:
-            return
-        items, self._pending = self._pending, []
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._send(batch)
+
+    def _send(self, items: list[Any]) -> None:
         frames = self._frames(0, wire.Kind.BATCH, items)
         self._send_waiting(self.sockets[0], frames)
         self._account(items, frames)
@@ -276,9 +312,11 @@ class Outputs:
             for edge in plan.edges_from(replica.node)
         ]
         counters.edges = {edge.plan.name: edge.stats for edge in self.edges}
+        if len(self.edges) == 1:
+            self.emit_many = self.edges[0].add_many  # type: ignore[method-assign]  # one call less per batch
         self._linger_s = plan.buffers.linger_ms / 1000
-        self.deadline = float("inf")
-        """When the oldest pending item has waited ``linger_ms``; ``flush()`` clears it."""
+        self.deadline = time.monotonic() + self._linger_s
+        """When partial batches are due: ``linger_ms`` after the last flush."""
 
     @property
     def bound(self) -> list[zmq.Socket]:
@@ -304,24 +342,21 @@ class Outputs:
             if isinstance(edge, _BroadcastEdge):
                 edge.wait_for_subscribers()
 
-    def emit(self, item: Any) -> None:
-        """Hand ``item`` to every output edge (a full batch is sent at once)."""
-        if self.deadline == float("inf"):
-            self.deadline = time.monotonic() + self._linger_s
+    def emit_many(self, items: list[Any]) -> None:
+        """Hand ``items`` to every output edge (full batches are sent at once)."""
         for edge in self.edges:
-            edge.add(item)
+            edge.add_many(items)
 
     def flush(self) -> None:
-        """Send every partial batch."""
+        """Send every partial batch; the next flush is due ``linger_ms`` from now."""
         for edge in self.edges:
             edge.flush()
-        self.deadline = float("inf")
+        self.deadline = time.monotonic() + self._linger_s
 
     def send_eos(self) -> None:
         """Flush, then send end of stream on every socket, behind the data."""
         for edge in self.edges:
             edge.send_eos()
-        self.deadline = float("inf")
 
     def close(self) -> None:
         for edge in self.edges:

@@ -26,6 +26,8 @@ class ReplicaReport:
     """Seconds it waited for a consumer to have room (backpressure)."""
     bytes_out: int
     """Bytes it sent on all output edges."""
+    batches_out: int = 0
+    """Batches (ZeroMQ messages) it sent on all output edges."""
     started_at: float = 0.0
     """Wall-clock time (epoch seconds) it passed the start barrier; 0 if it did not."""
     ended_at: float = 0.0

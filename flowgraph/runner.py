@@ -196,6 +196,7 @@ def _report(plan: Plan, mode: str, stats: Mapping[str, Mapping[str, Any]], launc
                 busy_s=counters.get("busy_s", 0.0),
                 blocked_s=sum(edge["blocked_s"] for edge in edges),
                 bytes_out=sum(edge["bytes"] for edge in edges),
+                batches_out=sum(edge["batches"] for edge in edges),
                 started_at=started_at,
                 ended_at=ended_at,
                 error=(errors or {}).get(replica.id),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import io
 import json
 import pickle
 import struct
@@ -77,14 +78,45 @@ def decode_header(token: bytes, frame: bytes | memoryview) -> Header | None:
     return Header(Kind(kind), node, replica, seq, count)
 
 
-def encode_items(items: list[Any]) -> list[Any]:
-    """The payload frames of a batch: the pickle, then its out-of-band buffers.
+class BatchEncoder:
+    """Pickles the batches of one edge into payload frames: the pickle, then its out-of-band buffers.
 
-    Raises what pickling raises (``PicklingError``, ``TypeError``, ...).
+    One cloudpickle Pickler is reused over a memory file, which makes a
+    batch of small items cheaper than ``pickle.dumps`` (no pickler set up per
+    batch) while keeping cloudpickle's by-value pickling of the topology's
+    own classes and functions. A pickle larger than ``REUSE_BYTES`` leaves
+    with its memory file (no copy) and the next batch gets a fresh one.
     """
-    buffers: list[pickle.PickleBuffer] = []
-    payload = cloudpickle.dumps(items, protocol=5, buffer_callback=buffers.append)
-    return [payload, *(buffer.raw() for buffer in buffers)]
+
+    REUSE_BYTES = 1 << 20
+
+    def __init__(self) -> None:
+        self._buffers: list[pickle.PickleBuffer] = []
+        self._start()
+
+    def _start(self) -> None:
+        self._file = io.BytesIO()
+        self._pickler = cloudpickle.Pickler(self._file, protocol=5, buffer_callback=self._buffers.append)
+
+    def encode(self, items: list[Any]) -> list[Any]:
+        """The payload frames of ``items``; raises what pickling raises (``PicklingError``, ``TypeError``)."""
+        try:
+            self._pickler.dump(items)
+        except BaseException:
+            self._buffers.clear()
+            self._start()
+            raise
+        if self._file.tell() <= self.REUSE_BYTES:
+            payload: Any = self._file.getvalue()
+            self._file.seek(0)
+            self._file.truncate()
+            self._pickler.clear_memo()
+        else:
+            payload = self._file.getbuffer()
+            self._start()
+        frames = [payload, *(buffer.raw() for buffer in self._buffers)]
+        self._buffers.clear()
+        return frames
 
 
 def frames_size(frames: Sequence[Any]) -> int:

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import traceback
+from types import GeneratorType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ITEM_REPR_CHARS = 200
 _SLOW_ITEM_S = 0.001
+_SOURCE_CHUNK = 64
+_SLICE_S = 0.001
+"""A node works through its input in slices of about this long between checks for due batches."""
+_MAX_SLICE = 1024
 
 
 @dataclass(frozen=True)
@@ -172,39 +177,52 @@ class _Replica:
             log.warning("%s: ignored control message %r while waiting for %r", self.job.replica.id, got, kind)
 
     def _generate(self, operator: Operator) -> None:
-        """Emit what the source yields; a partial batch goes out once it lingered or the source is slow.
+        """Emit what the source yields, in chunks; partial batches go out once due or when the source is slow.
 
-        A source that took longer than ``_SLOW_ITEM_S`` for its last item is
-        not producing fast enough to fill batches: its items go out at once.
+        A source that took longer than ``_SLOW_ITEM_S`` for an item is not
+        producing fast enough to fill batches: its items go out at once. A
+        source's busy time is its wall time less the time it was blocked.
         """
         outputs, counters = self.outputs, self.counters
-        emit = outputs.emit
+        emit_many = outputs.emit_many
         clock = time.monotonic
+        chunk: list[Any] = []
+        append = chunk.append
+        started = previous = clock()
+        blocked = self._blocked_s()
         try:
-            items = generated(operator.generate())
-            while True:
-                asked = clock()
-                try:
-                    item = next(items)
-                except StopIteration:
-                    return
+            for item in generated(operator.generate()):
+                append(item)
                 now = clock()
-                counters.busy_s += now - asked
-                emit(item)
-                counters.items_out += 1
-                if now >= outputs.deadline or now - asked > _SLOW_ITEM_S:
-                    self._flush_and_check()
+                due = now >= outputs.deadline or now - previous > _SLOW_ITEM_S
+                previous = now
+                if due or len(chunk) >= _SOURCE_CHUNK:
+                    emit_many(chunk)
+                    counters.items_out += len(chunk)
+                    chunk.clear()
+                    if due:
+                        self._flush_and_check()
+                        counters.busy_s = now - started - (self._blocked_s() - blocked)
+            emit_many(chunk)
+            counters.items_out += len(chunk)
         except Stopped:
             raise
         except Exception as error:
             raise _Failure("generate", error) from error
+        counters.busy_s = clock() - started - (self._blocked_s() - blocked)
 
     def _process(self, operator: Operator) -> None:
+        """Run ``process`` on every input item, in slices sized to take about ``_SLICE_S``.
+
+        Outputs of a slice are handed on together; between slices partial
+        batches go out when due, so a slow node still sends promptly while a
+        fast one pays per-item costs only where the user's code runs.
+        """
         inputs, outputs, counters = self.inputs, self.outputs, self.counters
-        emit = outputs.emit if outputs.edges else None
-        process = operator.process
+        has_outputs = bool(outputs.edges)
         clock = time.monotonic
-        collect = self.collected.append if self.job.collect else None
+        collect = self.collected.extend if self.job.collect else None
+        size = 1
         while True:
             try:
                 batch = inputs.receive()
@@ -218,27 +236,25 @@ class _Replica:
                 continue
             upstream, items = batch
             self.context.input = upstream
-            started = now = clock()
-            blocked = self._blocked_s()
-            for item in items:
-                counters.items_in += 1
-                if collect is not None:
-                    collect(item)
-                try:
-                    result = process(item)
-                    if result is not None:
-                        for output in emitted(result):
-                            if emit is not None:
-                                emit(output)
-                                counters.items_out += 1
-                except Stopped:
-                    raise
-                except Exception as error:
-                    raise _Failure("process", error, item, has_item=True) from error
+            if collect is not None:
+                collect(items)
+            start, count = 0, len(items)
+            while start < count:
+                chunk = items if start == 0 and size >= count else items[start:start + size]
+                began = clock()
+                blocked = self._blocked_s()
+                results = _run(operator, chunk, has_outputs)
+                if results:
+                    outputs.emit_many(results)
+                    counters.items_out += len(results)
                 now = clock()
+                elapsed = now - began
+                counters.busy_s += elapsed - (self._blocked_s() - blocked)
+                counters.items_in += len(chunk)
+                size = min(size * 2, _MAX_SLICE) if elapsed < _SLICE_S else max(1, size // 2)
+                start += len(chunk)
                 if now >= outputs.deadline:
                     self._flush_and_check()
-            counters.busy_s += now - started - (self._blocked_s() - blocked)
 
     def _blocked_s(self) -> float:
         return sum(edge.stats.blocked_s for edge in self.outputs.edges)
@@ -247,14 +263,14 @@ class _Replica:
         self.context.input = None
         started = time.monotonic()
         try:
-            for output in emitted(method()):
-                if self.outputs.edges:
-                    self.outputs.emit(output)
-                    self.counters.items_out += 1
+            results = list(emitted(method()))
         except Stopped:
             raise
         except Exception as error:
             raise _Failure(phase, error) from error
+        if self.outputs.edges and results:
+            self.outputs.emit_many(results)
+            self.counters.items_out += len(results)
         self.counters.busy_s += time.monotonic() - started
 
     def _flush_and_check(self) -> None:
@@ -282,6 +298,50 @@ class _Replica:
     def _close(self) -> None:
         self.inputs.close()
         self.outputs.close()
+
+
+def _run(operator: Operator, chunk: list[Any], keep: bool) -> list[Any]:
+    """The outputs of ``process`` on each item of ``chunk`` (or nothing when not ``keep``).
+
+    Raises ``_Failure`` carrying the item whose processing raised.
+    """
+    process = operator.process
+    results: list[Any] = []
+    append = results.append
+    if operator.yields:
+        index = 0
+        try:
+            for index, item in enumerate(chunk):
+                for output in process(item):
+                    append(output)
+        except Stopped:
+            raise
+        except Exception as error:
+            raise _Failure("process", error, chunk[index], has_item=True) from error
+        return results if keep else []
+    try:
+        for item in chunk:
+            append(process(item))
+    except Stopped:
+        raise
+    except Exception as error:
+        raise _Failure("process", error, chunk[len(results)], has_item=True) from error
+    if GeneratorType in map(type, results):  # a function that returned a generator: run it
+        results = _expand(results, chunk)
+    return [result for result in results if result is not None] if keep else []
+
+
+def _expand(results: list[Any], chunk: list[Any]) -> list[Any]:
+    expanded: list[Any] = []
+    for result, item in zip(results, chunk):
+        if type(result) is not GeneratorType:
+            expanded.append(result)
+            continue
+        try:
+            expanded.extend(result)
+        except Exception as error:
+            raise _Failure("process", error, item, has_item=True) from error
+    return expanded
 
 
 def _send_error(control: ControlPipe, failure: _Failure) -> None:

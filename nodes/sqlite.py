@@ -48,6 +48,9 @@ class SQLiteStore:
       (``flowgraph run ... --set db=crawl.db``).
     - ``columns``: store only these keys of each row, in this order, and
       ignore the others; ``None`` stores every key.
+    - ``replace``: drop the table at ``setup()``, so each run starts from an
+      empty table (else rows are added to what earlier runs stored). Only for
+      a store at parallelism 1: replicas would drop each other's rows.
 
     Several replicas, or several sinks, may write to one file: the database
     is put in WAL mode and a write waits up to ``BUSY_TIMEOUT_S`` for another
@@ -68,6 +71,7 @@ class SQLiteStore:
         schema: Mapping[str, str] | None = None,
         batch_rows: int = 500,
         columns: Sequence[str] | None = None,
+        replace: bool = False,
     ) -> None:
         if not isinstance(table, str) or not table:
             raise ValueError(f"SQLiteStore needs a table name, got {table!r}")
@@ -87,6 +91,7 @@ class SQLiteStore:
         self.schema = None if schema is None else dict(schema)
         self.batch_rows = batch_rows
         self.columns = None if columns is None else list(columns)
+        self.replace = replace
         self._connection: sqlite3.Connection | None = None
         self._table_columns: list[str] = []
         self._buffer: list[tuple[Any, ...]] = []
@@ -114,6 +119,14 @@ class SQLiteStore:
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
         _use_wal(self._connection)
+        if self.replace:
+            replicas = context().parallelism
+            if replicas > 1:
+                raise ValueError(
+                    f"SQLiteStore for table {self.table!r} has replace=True at parallelism {replicas}: "
+                    "each replica would drop the rows of the others; use parallelism=1 or replace=False"
+                )
+            self._connection.execute(f"DROP TABLE IF EXISTS {_quote(self.table)}")
         if self.schema is not None:
             self._create_table(self.schema)
 

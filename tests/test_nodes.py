@@ -1058,3 +1058,28 @@ def test_site_sitemap_lists_every_page_and_two_that_do_not_exist():
     assert len(listed) == len(set(listed))
     assert pages <= set(listed)
     assert sorted(set(listed) - pages) == ["birds/grey-wagtail.html", "trees/elm.html"]
+
+
+def test_sqlite_store_with_replace_starts_each_run_from_an_empty_table(tmp_path):
+    from flowgraph import Topology
+    from flowgraph.testing import run_and_collect
+    from nodes.sqlite import SQLiteStore, count_rows
+
+    db = tmp_path / "replace.db"
+    for _ in range(2):
+        topo = Topology("replace")
+        topo.source(lambda: ({"n": n} for n in range(5)), name="rows")
+        topo.sink(SQLiteStore(str(db), "rows", replace=True), inputs="rows", name="store")
+        run_and_collect(topo, mode="inproc")
+    assert count_rows(db, "rows") == 5
+
+
+def test_sqlite_store_refuses_replace_at_parallelism_above_one(tmp_path):
+    from flowgraph import RunFailed, Topology, run
+    from nodes.sqlite import SQLiteStore
+
+    topo = Topology("replace")
+    topo.source(lambda: iter([{"n": 1}]), name="rows")
+    topo.sink(SQLiteStore(str(tmp_path / "x.db"), "rows", replace=True), inputs="rows", name="store", parallelism=2)
+    with pytest.raises(RunFailed, match="has replace=True at parallelism 2: each replica would drop the rows"):
+        run(topo, inproc=True)

@@ -78,7 +78,7 @@ analyze = topo.node(AnalyzePage(top_n=5), inputs={fetch: by_key("url")}, paralle
 
 
 class StorePages(SQLiteStore):
-    """Pages into table ``pages`` of ``--set db=FILE`` (default ./crawl.db); says where at the end."""
+    """Pages into table ``pages`` of ``--set db=FILE`` (default ./crawl.db), anew each run; says where."""
 
     def setup(self) -> None:
         self.path = context().params.get("db", "crawl.db")
@@ -86,7 +86,7 @@ class StorePages(SQLiteStore):
 
     def finish(self) -> None:
         super().finish()
-        print(f"stored {count_rows(self.path, self.table)} pages in table {self.table!r} of {self.path}")
+        print(f"stored {count_rows(str(self.path), self.table)} pages in table {self.table!r} of {self.path}")
 
 
-topo.sink(StorePages(None, "pages"), inputs=analyze, name="store")
+topo.sink(StorePages(None, "pages", replace=True), inputs=analyze, name="store")
