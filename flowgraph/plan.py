@@ -39,7 +39,7 @@ IN_SLOT = "in"
 class BufferSettings:
     """How items are batched and buffered on every data edge."""
 
-    batch_items: int = 256
+    batch_items: int = 1024
     """A batch (one ZeroMQ message) holds at most this many items."""
     batch_bytes: int = 256 * 1024
     """A batch is sent once it holds this many bytes (an item larger than this travels alone)."""
@@ -53,13 +53,14 @@ class BufferSettings:
     def pair_bound(self) -> tuple[int, int, str]:
         """(batches, kernel bytes, description) one producer→consumer pair can hold at most.
 
-        Batches: the producer's pending batch, ``hwm`` in the PUSH/XPUB queue,
-        one being written by the sending ZeroMQ I/O thread, one being read by
-        the receiving one, ``hwm`` in the PULL/SUB queue and the one the
-        consumer works on. Bytes: those batches, plus the two kernel socket
-        buffers over TCP (Linux doubles the size it is given).
+        Batches: what a source has taken from its generator but not batched
+        yet (at most one batch), the producer's pending batch, ``hwm`` in the
+        PUSH/XPUB queue, one being written by the sending ZeroMQ I/O thread,
+        one being read by the receiving one, ``hwm`` in the PULL/SUB queue and
+        the one the consumer works on. Bytes: those batches, plus the two
+        kernel socket buffers over TCP (Linux doubles the size it is given).
         """
-        batches = 2 * self.hwm + 4
+        batches = 2 * self.hwm + 5
         kernel_bytes = 2 * 2 * self.socket_buffer_bytes
         return batches, kernel_bytes, (
             f"{batches} batches of <= {self.batch_items} items and <= max({_size(self.batch_bytes)}, "

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import traceback
+from operator import length_hint
 from types import GeneratorType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +55,29 @@ class ReplicaJob:
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: bool = False
     """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""
+
+
+class _Ticker:
+    """A thread that counts milliseconds, so hot loops can notice time passing without reading the clock."""
+
+    _shared: _Ticker | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.count = 0
+        threading.Thread(target=self._run, name="flowgraph-ticker", daemon=True).start()
+
+    @classmethod
+    def shared(cls) -> _Ticker:
+        with cls._lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_SLOW_ITEM_S)
+            self.count += 1
 
 
 class _Failure(Exception):
@@ -179,28 +204,35 @@ class _Replica:
     def _generate(self, operator: Operator) -> None:
         """Emit what the source yields, in chunks; partial batches go out once due or when the source is slow.
 
-        A source that took longer than ``_SLOW_ITEM_S`` for an item is not
-        producing fast enough to fill batches: its items go out at once. A
-        source's busy time is its wall time less the time it was blocked.
+        Reading the clock for every item would cost a fast source more than
+        the rest of its loop, so a ticker thread counts milliseconds and the
+        loop looks at the clock only when a tick passed. A source that took a
+        tick or more per item since the last look is not producing fast
+        enough to fill batches: its items go out at once. A source's busy
+        time is its wall time less the time it was blocked.
         """
         outputs, counters = self.outputs, self.counters
         emit_many = outputs.emit_many
         clock = time.monotonic
+        ticker = _Ticker.shared()
         chunk: list[Any] = []
         append = chunk.append
-        started = previous = clock()
+        started = looked = clock()
         blocked = self._blocked_s()
+        seen, since_look, size = ticker.count, 0, min(_SOURCE_CHUNK, self.job.plan.buffers.batch_items)
         try:
             for item in generated(operator.generate()):
                 append(item)
-                now = clock()
-                due = now >= outputs.deadline or now - previous > _SLOW_ITEM_S
-                previous = now
-                if due or len(chunk) >= _SOURCE_CHUNK:
+                since_look += 1
+                if ticker.count != seen or len(chunk) >= size:
+                    seen = ticker.count
+                    now = clock()
+                    slow = now - looked > since_look * _SLOW_ITEM_S
+                    looked, since_look = now, 0
                     emit_many(chunk)
                     counters.items_out += len(chunk)
                     chunk.clear()
-                    if due:
+                    if slow or now >= outputs.deadline:
                         self._flush_and_check()
                         counters.busy_s = now - started - (self._blocked_s() - blocked)
             emit_many(chunk)
@@ -303,12 +335,14 @@ class _Replica:
 def _run(operator: Operator, chunk: list[Any], keep: bool) -> list[Any]:
     """The outputs of ``process`` on each item of ``chunk`` (or nothing when not ``keep``).
 
-    Raises ``_Failure`` carrying the item whose processing raised.
+    A plain function runs through ``map`` (a loop in C); when it raises, the
+    list iterator tells how far it got, so the failure still names the item.
+    Generators a plain function returns are run. Raises ``_Failure``.
     """
     process = operator.process
-    results: list[Any] = []
-    append = results.append
     if operator.yields:
+        results: list[Any] = []
+        append = results.append
         index = 0
         try:
             for index, item in enumerate(chunk):
@@ -319,13 +353,14 @@ def _run(operator: Operator, chunk: list[Any], keep: bool) -> list[Any]:
         except Exception as error:
             raise _Failure("process", error, chunk[index], has_item=True) from error
         return results if keep else []
+    items = iter(chunk)
     try:
-        for item in chunk:
-            append(process(item))
+        results = list(map(process, items))
     except Stopped:
         raise
     except Exception as error:
-        raise _Failure("process", error, chunk[len(results)], has_item=True) from error
+        failed = len(chunk) - length_hint(items) - 1
+        raise _Failure("process", error, chunk[failed], has_item=True) from error
     if GeneratorType in map(type, results):  # a function that returned a generator: run it
         results = _expand(results, chunk)
     return [result for result in results if result is not None] if keep else []

@@ -88,14 +88,14 @@ def test_check_prints_replicas_edges_sockets_eos_counts_and_memory_bound():
     assert "topology 'crawl': 4 nodes, 10 replicas, 3 edges" in text
     assert "analyze->store" in text and "broadcast" in text and "XPUB->SUB" in text
     assert "eos_expected=4" in text
-    assert "memory bound per producer->consumer pair: 20 batches" in text
+    assert "memory bound per producer->consumer pair: 21 batches" in text
     assert "fetch/3" in text and "PUSH->analyze/1:in" in text
 
 
 def test_buffer_settings_give_the_documented_bound():
     batches, kernel_bytes, text = BufferSettings(hwm=3, batch_items=10, socket_buffer_bytes=1024).pair_bound()
-    assert (batches, kernel_bytes) == (10, 4096)
-    assert text == "10 batches of <= 10 items and <= max(256 KiB, one item) + 4 KiB in kernel socket buffers"
+    assert (batches, kernel_bytes) == (11, 4096)
+    assert text == "11 batches of <= 10 items and <= max(256 KiB, one item) + 4 KiB in kernel socket buffers"
 
 
 def test_replicas_spread_round_robin_over_hosts_and_pinned_nodes_stay_on_theirs():

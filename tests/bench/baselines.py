@@ -99,9 +99,14 @@ def run_zmq(count: int, batched: bool) -> None:
         process.join()
 
 
+BYTES_HWM = 16
+"""Large messages: a ZeroMQ queue of the default 1000 would hold a gigabyte per socket."""
+
+
 def bytes_source(endpoint: str, count: int, size: int) -> None:
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
+    push.sndhwm = BYTES_HWM
     push.connect(endpoint)
     block = bytearray(size)
     for _ in range(count):
@@ -116,8 +121,10 @@ def bytes_source(endpoint: str, count: int, size: int) -> None:
 def bytes_map(ports: multiprocessing.Queue, push_endpoint: str) -> None:
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
+    pull.rcvhwm = BYTES_HWM
     ports.put(pull.bind_to_random_port("tcp://127.0.0.1"))
     push = context.socket(zmq.PUSH)
+    push.sndhwm = BYTES_HWM
     push.connect(push_endpoint)
     while True:
         frames = pull.recv_multipart(copy=False)
@@ -136,6 +143,7 @@ def bytes_map(ports: multiprocessing.Queue, push_endpoint: str) -> None:
 def bytes_sink(ports: multiprocessing.Queue) -> None:
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
+    pull.rcvhwm = BYTES_HWM
     ports.put(pull.bind_to_random_port("tcp://127.0.0.1"))
     while True:
         frames = pull.recv_multipart(copy=False)

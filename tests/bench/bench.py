@@ -1,8 +1,10 @@
-"""flowgraph benchmarks: throughput, startup and memory, each as whole ``flowgraph run`` invocations.
+"""flowgraph's benchmarks, beside hand-written pyzmq and multiprocessing pipelines, in one run.
 
-Run with ``bin/bench`` (``--quick`` for a smoke run, ``--json`` for machine-readable output).
-Throughput is the marginal rate (N_big - N_small) / (t_big - t_small), so startup and
-shutdown are measured separately and not hidden in the rate.
+Run with ``bin/bench`` (``--quick`` for a smoke run, ``--json`` for machine-readable
+output, ``--hosts h1,h2,h3 --ssh-config FILE`` to add runs over hosts). Every figure
+comes from whole command invocations; throughput is the marginal rate
+(N_big - N_small) / (t_big - t_small), best of ``--repeat``, so startup is measured on
+its own and not hidden in the rate. The machine is noisy: compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -18,90 +20,156 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
 from helpers import PeakRss  # noqa: E402  (tests/helpers.py, shared with the test suite)
 
-PIPELINES = Path(__file__).with_name("pipelines.py")
+PIPELINES = HERE / "pipelines.py"
+BASELINES = HERE / "baselines.py"
 
 
 @dataclass
 class Run:
     seconds: float
     peak_rss_bytes: int
-    startup_s: float
-    """From launch to the start barrier (every replica connected and set up), as the run reports it."""
+    startup_s: float | None
 
 
-def flowgraph_run(variable: str, *options: str, **params: object) -> Run:
-    """Run ``flowgraph run pipelines.py:variable`` and measure wall time and peak total RSS."""
-    metrics = tempfile.NamedTemporaryFile(suffix=".json", delete=False)
-    metrics.close()
-    command = [sys.executable, "-m", "flowgraph", "run", "--quiet", "--metrics-json", metrics.name,
-               f"{PIPELINES}:{variable}", *options]
-    for key, value in params.items():
-        command += ["--set", f"{key}={value}"]
+def timed(command: list[str]) -> Run:
+    """Run ``command`` to its end: wall time and the peak summed RSS of it and its children."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         with PeakRss(process.pid) as rss:
-            _, stderr = process.communicate(timeout=600)
+            _, stderr = process.communicate(timeout=900)
     finally:
         if process.poll() is None:
             process.kill()
-    seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"benchmark run failed ({' '.join(command)}):\n{stderr.decode()}")
-    startup_s = json.loads(Path(metrics.name).read_text())["startup_s"]
-    os.unlink(metrics.name)
-    return Run(seconds, rss.peak, startup_s)
+    return Run(time.perf_counter() - started, rss.peak, None)
 
 
-def marginal_rate(mode_options: list[str], small: int, big: int, repeat: int) -> tuple[float, float]:
-    """(items per second, seconds of the small run) as the best of ``repeat`` pairs."""
-    best_rate, best_small = 0.0, float("inf")
-    for _ in range(repeat):
-        t_small = flowgraph_run("small_dicts", *mode_options, count=small).seconds
-        t_big = flowgraph_run("small_dicts", *mode_options, count=big).seconds
-        if t_big > t_small:
-            best_rate = max(best_rate, (big - small) / (t_big - t_small))
-        best_small = min(best_small, t_small)
-    return best_rate, best_small
+def flowgraph(variable: str, *options: str, **params: object) -> Run:
+    """``flowgraph run pipelines.py:variable``, with its reported startup time."""
+    with tempfile.TemporaryDirectory() as directory:
+        metrics = Path(directory) / "metrics.json"
+        command = [sys.executable, "-m", "flowgraph", "run", "--quiet", "--metrics-json", str(metrics),
+                   f"{PIPELINES}:{variable}", *options]
+        for key, value in params.items():
+            command += ["--set", f"{key}={value}"]
+        run = timed(command)
+        run.startup_s = json.loads(metrics.read_text())["startup_s"]
+        return run
+
+
+def baseline(kind: str, *args: object) -> Run:
+    return timed([sys.executable, str(BASELINES), kind, *map(str, args)])
+
+
+def marginal(make, small: int, big: int, repeat: int) -> float:
+    """Items per second between a small and a big run, from the best time of each over ``repeat`` runs."""
+    t_small = min(make(small).seconds for _ in range(repeat))
+    t_big = min(make(big).seconds for _ in range(repeat))
+    return (big - small) / (t_big - t_small) if t_big > t_small else float("nan")
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    quick, repeat = args.quick, args.repeat
+    small, big = (2_000, 60_000) if quick else (20_000, 2_000_000)
+    results: dict[str, object] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+
+    def record(key: str, value: float, digits: int = 0) -> float:
+        results[key] = round(value, digits) if digits else round(value)
+        return value
+
+    # Small dicts through source -> map -> sink.
+    local = record("flowgraph_items_per_s", marginal(
+        lambda n: flowgraph("small_dicts", count=n), small, big, repeat))
+    record("flowgraph_inproc_items_per_s", marginal(
+        lambda n: flowgraph("small_dicts", "--inproc", count=n), small, big, repeat))
+    batched = record("pyzmq_batched_items_per_s", marginal(
+        lambda n: baseline("zmq-batched", n), small, big, repeat))
+    per_item = record("pyzmq_per_item_items_per_s", marginal(
+        lambda n: baseline("zmq-items", n), small, big // 4, repeat))
+    queue = record("mp_queue_items_per_s", marginal(
+        lambda n: baseline("mp-queue", n), small // 2, big // 10, repeat))
+    record("ratio_to_pyzmq_batched", local / batched, 2)
+    record("ratio_to_pyzmq_per_item", local / per_item, 2)
+    record("ratio_to_mp_queue", local / queue, 2)
+
+    # 1 MiB items.
+    size = 1 << 20
+    count_small, count_big = (20, 200) if quick else (200, 4000)
+    big_rate = marginal(lambda n: flowgraph("big_items", count=n, size=size), count_small, count_big, repeat)
+    raw_rate = marginal(lambda n: baseline("zmq-bytes", n, size), count_small, count_big, repeat)
+    record("flowgraph_1mib_mb_per_s", big_rate * size / 1e6)
+    record("pyzmq_zero_copy_1mib_mb_per_s", raw_rate * size / 1e6)
+    record("ratio_1mib_to_pyzmq_zero_copy", big_rate / raw_rate, 2)
+
+    # Latency at a low rate.
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory) / "latency.json"
+        flowgraph("latency", rate=500, count=200 if quick else 2500, out=out)
+        latency = json.loads(out.read_text())
+    record("latency_p50_ms_at_500_per_s", latency["p50_ms"], 3)
+    record("latency_p99_ms_at_500_per_s", latency["p99_ms"], 3)
+
+    # Memory under a slow sink, for two stream lengths.
+    item_bytes = 100_000
+    for label, count in (("1gb", 500 if quick else 10_000), ("4gb", 2_000 if quick else 40_000)):
+        run = flowgraph("slow_sink", count=count, item_bytes=item_bytes, sleep_s=0.0001)
+        record(f"slow_sink_{label}_stream_mb", count * item_bytes / 1e6)
+        record(f"slow_sink_{label}_peak_total_rss_mb", run.peak_rss_bytes / 1e6, 1)
+    record("slow_sink_rss_growth_4x_stream", results["slow_sink_4gb_peak_total_rss_mb"]  # type: ignore[operator]
+           / results["slow_sink_1gb_peak_total_rss_mb"], 3)  # type: ignore[operator]
+
+    # Scaling a CPU-bound map over two replicas.
+    work, items = (200, 1_000) if quick else (20_000, 4_000)
+    one = flowgraph("cpu_p1", count=items, work=work).seconds
+    two = flowgraph("cpu_p2", count=items, work=work).seconds
+    record("scaling_parallelism_2_vs_1", one / two, 2)
+
+    # Startup: 5 nodes, 8 replicas.
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory) / "first.json"
+        best_first, best_run = float("inf"), float("inf")
+        for _ in range(repeat):
+            launched = time.time()
+            run = flowgraph("five_nodes", out=out)
+            best_first = min(best_first, json.loads(out.read_text())["first_item_at"] - launched)
+            best_run = min(best_run, run.seconds)
+    record("five_nodes_first_item_s", best_first, 3)
+    record("five_nodes_whole_run_s", best_run, 3)
+
+    if args.hosts:
+        remote = ["--hosts", args.hosts, "--remote-python", sys.executable,
+                  *(["--ssh-config", args.ssh_config] if args.ssh_config else [])]
+        hosts_rate = marginal(lambda n: flowgraph("small_dicts", *remote, count=n), small, big, repeat)
+        record("hosts_flowgraph_items_per_s", hosts_rate)
+        record("hosts_ratio_to_local", hosts_rate / local, 2)
+        six_local = min((flowgraph("six_replicas") for _ in range(repeat)), key=lambda r: r.seconds)
+        six_hosts = min((flowgraph("six_replicas", *remote) for _ in range(repeat)), key=lambda r: r.seconds)
+        record("local_six_replicas_startup_s", six_local.startup_s or 0.0, 3)
+        record("hosts_six_replicas_startup_s", six_hosts.startup_s or 0.0, 3)
+        record("local_six_replicas_run_s", six_local.seconds, 3)
+        record("hosts_six_replicas_run_s", six_hosts.seconds, 3)
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the benchmark runs")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per figure, the best counts (default 3)")
     parser.add_argument("--hosts", metavar="H1,H2,H3",
                         help="also measure over these hosts (e.g. made by bin/testhosts up 3)")
     parser.add_argument("--ssh-config", metavar="FILE", help="for --hosts")
     args = parser.parse_args()
-    small, big = (1_000, 50_000) if args.quick else (10_000, 1_000_000)
-    repeat = 1 if args.quick else 3
-    stream = (200, 10_000, 0.0) if args.quick else (10_000, 100_000, 0.0001)
-    results: dict[str, object] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-    }
-    for mode, options in (("local", []), ("inproc", ["--inproc"])):
-        rate, startup = marginal_rate(options, small, big, repeat)
-        results[f"{mode}_small_dicts_items_per_s"] = round(rate)
-        results[f"{mode}_run_of_{small}_items_s"] = round(startup, 3)
-    six_local = min((flowgraph_run("six_replicas") for _ in range(repeat)), key=lambda run: run.seconds)
-    results["local_six_replicas_startup_s"] = round(six_local.startup_s, 3)
-    results["local_six_replicas_run_s"] = round(six_local.seconds, 3)
-    if args.hosts:
-        remote = ["--hosts", args.hosts, "--remote-python", sys.executable,
-                  *(["--ssh-config", args.ssh_config] if args.ssh_config else [])]
-        six = min((flowgraph_run("six_replicas", *remote) for _ in range(repeat)), key=lambda run: run.seconds)
-        results["hosts_six_replicas_startup_s"] = round(six.startup_s, 3)
-        results["hosts_six_replicas_run_s"] = round(six.seconds, 3)
-        rate, _ = marginal_rate(remote, small, big, repeat)
-        results["hosts_small_dicts_items_per_s"] = round(rate)
-    count, item_bytes, sleep_s = stream
-    slow = flowgraph_run("slow_sink", count=count, item_bytes=item_bytes, sleep_s=sleep_s)
-    results["slow_sink_stream_mb"] = count * item_bytes / 1e6
-    results["slow_sink_peak_total_rss_mb"] = round(slow.peak_rss_bytes / 1e6, 1)
-    results["slow_sink_seconds"] = round(slow.seconds, 2)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    results = measure(args)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

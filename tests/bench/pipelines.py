@@ -1,5 +1,6 @@
 """Topologies the benchmark runs through ``flowgraph run`` (parameters come with --set)."""
 
+import json
 import time
 
 from flowgraph import Topology, context
@@ -60,3 +61,101 @@ def square(n):
 @six_replicas.sink(inputs=square, parallelism=2)
 def keep(n):
     pass
+
+
+big_items = Topology("big-items")
+
+
+@big_items.source
+def blocks():
+    block = bytes(int(context().params["size"]))
+    for _ in range(int(context().params["count"])):
+        yield block
+
+
+@big_items.node(inputs=blocks)
+def forward(block):
+    return block
+
+
+@big_items.sink(inputs=forward)
+def discard(block):
+    pass
+
+
+latency = Topology("latency")
+
+
+@latency.source
+def stamped():
+    interval = 1 / float(context().params["rate"])
+    due = time.monotonic()
+    for n in range(int(context().params["count"])):
+        due += interval
+        time.sleep(max(0.0, due - time.monotonic()))
+        yield (n, time.monotonic())
+
+
+@latency.node(inputs=stamped)
+def passthrough(item):
+    return item
+
+
+@latency.sink(inputs=passthrough)
+class Latencies:
+    def setup(self):
+        self.seconds = []
+
+    def process(self, item):
+        self.seconds.append(time.monotonic() - item[1])
+
+    def finish(self):
+        ordered = sorted(self.seconds)
+        with open(context().params["out"], "w") as file:
+            json.dump({"p50_ms": 1000 * ordered[len(ordered) // 2],
+                       "p99_ms": 1000 * ordered[int(len(ordered) * 0.99)]}, file)
+
+
+def _spin(n):
+    total = 0
+    for i in range(int(context().params["work"])):
+        total += i * i % 7
+    return n + total % 2
+
+
+cpu_p1 = Topology("cpu-p1")
+cpu_p1.source(lambda: iter(range(int(context().params["count"]))), name="numbers")
+cpu_p1.node(_spin, inputs="numbers", name="spin", parallelism=1)
+cpu_p1.sink(lambda n: None, inputs="spin", name="done")
+
+cpu_p2 = Topology("cpu-p2")
+cpu_p2.source(lambda: iter(range(int(context().params["count"]))), name="numbers")
+cpu_p2.node(_spin, inputs="numbers", name="spin", parallelism=2)
+cpu_p2.sink(lambda n: None, inputs="spin", name="done")
+
+
+five_nodes = Topology("five-nodes")
+
+
+@five_nodes.source
+def ticks():
+    yield from range(100)
+
+
+five_nodes.node(lambda n: n, inputs=ticks, name="a", parallelism=2)
+five_nodes.node(lambda n: n, inputs="a", name="b", parallelism=2)
+five_nodes.node(lambda n: n, inputs="b", name="c", parallelism=2)
+
+
+@five_nodes.sink(inputs="c")
+class FirstItem:
+    def setup(self):
+        self.first = None
+
+    def process(self, n):
+        if self.first is None:
+            self.first = time.time()
+
+    def finish(self):
+        with open(context().params["out"], "w") as file:
+            json.dump({"first_item_at": self.first}, file)
