@@ -18,12 +18,12 @@ from .errors import HostError as HostError
 from .errors import RunFailed as RunFailed
 from .errors import RunInterrupted as RunInterrupted
 from .errors import TopologyError as TopologyError
-from .plan import BufferSettings as BufferSettings
 from .plan import Plan as Plan
 from .report import NodeReport as NodeReport
 from .report import ReplicaReport as ReplicaReport
 from .report import RunReport as RunReport
 from .runner import run as run
+from .settings import BufferSettings as BufferSettings
 from ._version import __version__ as __version__
 
 

@@ -10,6 +10,7 @@ input.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,11 +20,14 @@ from typing import Any
 import zmq
 
 from . import wire
-from .plan import IN_SLOT, BufferSettings, ConnectPlan, Plan, ReplicaPlan
+from .dsl import GroupingKind
+from .plan import IN_SLOT, ConnectPlan, Plan, ReplicaPlan
+from .settings import BufferSettings
 from .security import Curve
 
 log = logging.getLogger(__name__)
 
+BROADCAST = GroupingKind.BROADCAST
 SUBSCRIBE = b"\x01"
 """First byte of a subscription message arriving at an XPUB socket."""
 IDENT_MAGIC = b"FGS1"
@@ -94,8 +98,8 @@ class Wiring:
         """A data socket with the run's buffer limits (HWM must be set before bind/connect)."""
         socket = context.socket(kind)
         socket.linger = 1000
-        socket.sndhwm = buffers.hwm
-        socket.rcvhwm = buffers.hwm
+        socket.sndhwm = buffers.effective_hwm
+        socket.rcvhwm = buffers.effective_hwm
         socket.setsockopt(zmq.SNDBUF, buffers.socket_buffer_bytes)
         socket.setsockopt(zmq.RCVBUF, buffers.socket_buffer_bytes)
         self.secure(socket, serve=kind in (zmq.PULL, zmq.XPUB, zmq.ROUTER))
@@ -152,9 +156,11 @@ class Inputs:
         self._sub: zmq.Socket | None = None
         self._subscribed: list[ConnectPlan] = [c for c in replica.connects if c.socket == "SUB"]
         if any(bind.slot == IN_SLOT for bind in replica.binds):
-            self._pull = wiring.data_socket(context, zmq.PULL, plan.buffers)
+            self._pull = wiring.data_socket(context, zmq.PULL, _widest(
+                [edge.buffers for edge in plan.edges_into(replica.node) if edge.grouping.kind is not BROADCAST]))
         if self._subscribed:
-            self._sub = wiring.data_socket(context, zmq.SUB, plan.buffers)
+            self._sub = wiring.data_socket(context, zmq.SUB, _widest(
+                [edge.buffers for edge in plan.edges_into(replica.node) if edge.grouping.kind is BROADCAST]))
             # Subscriptions travel SUB -> XPUB and a SUB drops them at its send HWM;
             # they are a few bytes each, so never limit them.
             self._sub.sndhwm = 0
@@ -242,7 +248,7 @@ class Inputs:
         if header.kind is wire.Kind.EOS:
             self._ended.add(producer)
             return None
-        return upstream, wire.decode_items([frame.buffer for frame in frames[1:]])
+        return upstream, wire.decode_items(header.serializer, [frame.buffer for frame in frames[1:]])
 
     def _reject(self, frames: Sequence[zmq.Frame]) -> None:
         self._rejected += 1
@@ -253,6 +259,12 @@ class Inputs:
                 "%d rejected so far",
                 self._replica.id, len(frames), first, self._rejected,
             )
+
+def _widest(settings: list[BufferSettings]) -> BufferSettings:
+    """Settings for a socket that receives several edges: the largest queue any of them asks for."""
+    widest = max(settings, key=lambda s: (s.effective_hwm, s.socket_buffer_bytes))
+    return dataclasses.replace(widest, socket_buffer_bytes=max(s.socket_buffer_bytes for s in settings))
+
 
 def identification(token: bytes, consumer: int) -> bytes:
     """The second subscription of a broadcast consumer: says which replica it is."""

@@ -42,7 +42,7 @@ REGISTER_TIMEOUT_S = 60.0
 _PHASES = {
     "setup": "setup()", "process": "process()", "generate": "generate()", "finish": "finish()",
     "teardown": "teardown()", "load": "loading its code", "receive": "receiving data",
-    "runtime": "the runtime",
+    "send": "sending its output", "runtime": "the runtime",
 }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import TopologyError
+from .settings import check_settings
 
 T = TypeVar("T")
 
@@ -39,6 +40,8 @@ class Grouping:
     kind: GroupingKind
     key: str | int | Callable[[Any], Any] | None = None
     """The field (``item[key]``) or function ``by_key`` routes on; ``None`` otherwise."""
+    settings: tuple[tuple[str, Any], ...] = ()
+    """This edge's own batching and serializer settings (see ``flowgraph.settings``)."""
 
     def __str__(self) -> str:
         if self.kind is not GroupingKind.BY_KEY:
@@ -48,16 +51,21 @@ class Grouping:
         return f"by_key({getattr(self.key, '__qualname__', repr(self.key))})"
 
 
-def shuffle() -> Grouping:
+def shuffle(**settings: Any) -> Grouping:
     """Each item goes to one consumer replica, one with free buffer space (the default).
+
+    Keywords are this edge's own settings (``batch_items``, ``batch_bytes``,
+    ``linger_ms``, ``hwm``, ``memory_budget_bytes``, ``serializer``; see
+    ``flowgraph.settings.BufferSettings``), e.g. ``shuffle(batch_items=1)``
+    to hand expensive items out one by one.
 
     >>> str(shuffle())
     'shuffle'
     """
-    return Grouping(GroupingKind.SHUFFLE)
+    return Grouping(GroupingKind.SHUFFLE, settings=_settings("shuffle()", settings))
 
 
-def by_key(key: str | int | Callable[[Any], Any]) -> Grouping:
+def by_key(key: str | int | Callable[[Any], Any], **settings: Any) -> Grouping:
     """Items with the same key go to the same consumer replica.
 
     ``key`` is a field (``item[key]``: a dict key, or an index of a tuple)
@@ -65,23 +73,31 @@ def by_key(key: str | int | Callable[[Any], Any]) -> Grouping:
     replica is chosen from a stable hash of the key (never Python's salted
     ``hash``), so the mapping is the same in every process and on every host.
     Keys of type str, bytes, int, float, bool, None and tuples of these hash
-    by value; other keys hash by their pickle.
+    by value; other keys hash by their pickle. Keywords are the edge's own
+    settings, as for ``shuffle``.
 
     >>> str(by_key("url"))
     "by_key('url')"
     """
     if isinstance(key, bool) or not (isinstance(key, (str, int)) or callable(key)):
         raise TopologyError(f"by_key() takes a field name or index, or a function of the item, not {key!r}")
-    return Grouping(GroupingKind.BY_KEY, key)
+    return Grouping(GroupingKind.BY_KEY, key, _settings("by_key()", settings))
 
 
-def broadcast() -> Grouping:
-    """Every consumer replica gets every item.
+def broadcast(**settings: Any) -> Grouping:
+    """Every consumer replica gets every item; keywords are the edge's own settings, as for ``shuffle``.
 
     >>> str(broadcast())
     'broadcast'
     """
-    return Grouping(GroupingKind.BROADCAST)
+    return Grouping(GroupingKind.BROADCAST, settings=_settings("broadcast()", settings))
+
+
+def _settings(what: str, settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    problems = check_settings(settings)
+    if problems:
+        raise TopologyError(f"{what}: {'; '.join(problems)}")
+    return tuple(sorted(settings.items()))
 
 
 class NodeKind(enum.Enum):
@@ -134,6 +150,8 @@ class TopologySpec:
 
     name: str
     nodes: tuple[NodeSpec, ...]
+    settings: tuple[tuple[str, Any], ...] = ()
+    """The topology's batching and serializer settings (see ``flowgraph.settings``)."""
 
     def node(self, name: str) -> NodeSpec:
         """The node called ``name``; ``KeyError`` if there is none."""
@@ -181,10 +199,13 @@ class Topology:
     ['numbers', 'show']
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, **settings: Any) -> None:
+        """``settings`` apply to every edge (``batch_items``, ``batch_bytes``, ``linger_ms``, ``hwm``,
+        ``memory_budget_bytes``, ``serializer``; see ``flowgraph.settings``); an edge may override them."""
         if not isinstance(name, str) or not name.strip():
             raise TopologyError(f"a topology needs a non-empty name, not {name!r}")
         self.name = name
+        self._settings = _settings(f"topology {name!r}", settings)
         self._nodes: list[NodeSpec] = []
 
     def __repr__(self) -> str:
@@ -241,7 +262,7 @@ class Topology:
 
     def spec(self) -> TopologySpec:
         """The topology as declared so far, as frozen data (not validated as a graph)."""
-        return TopologySpec(self.name, tuple(self._nodes))
+        return TopologySpec(self.name, tuple(self._nodes), self._settings)
 
     def check(self, hosts: str | Iterable[str] | None = None) -> Any:
         """Validate the whole topology and return its ``Plan``, starting nothing.

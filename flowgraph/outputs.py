@@ -21,9 +21,14 @@ from ._keys import replica_for_key
 from .channel import IDENT_MAGIC, SUBSCRIBE, ControlPipe, ProtocolError, Wiring
 from .counters import Counters, EdgeStats
 from .dsl import GroupingKind
-from .plan import BufferSettings, ConnectPlan, EdgePlan, Plan, ReplicaPlan, broadcast_slot
+from .plan import ConnectPlan, EdgePlan, Plan, ReplicaPlan, broadcast_slot
+from .settings import BufferSettings
 
 log = logging.getLogger(__name__)
+
+class SerializationError(Exception):
+    """An emitted item cannot be encoded by its edge's serializer."""
+
 
 _SEND_WAIT_MS = 100
 _KEY_CACHE_SIZE = 100_000
@@ -46,7 +51,8 @@ class _Edge:
         self._wiring = wiring
         self._limit = 1
         """Items per batch: adapted after each batch so a batch is about ``batch_bytes``."""
-        self._encoder = wire.BatchEncoder()
+        self._encoder = wire.ENCODERS[buffers.serializer]()
+        self._serializer = wire.serializer_id(buffers.serializer)
         self.sockets: list[zmq.Socket] = []
         self._seq: list[int] = []
 
@@ -54,11 +60,28 @@ class _Edge:
                 payload: list[Any] | None = None) -> list[Any]:
         """Header and payload for the next message on socket ``socket_index``."""
         if payload is None:
-            payload = self._encoder.encode(items) if items else []
+            payload = self._encode(items) if items else []
         seq = self._seq[socket_index]
         self._seq[socket_index] = seq + 1
-        header = wire.encode_header(self._token, kind, self._node_index, self._replica, seq, len(items))
+        header = wire.encode_header(self._token, kind, self._serializer, self._node_index, self._replica, seq,
+                                    len(items))
         return [header, *payload]
+
+    def _encode(self, items: list[Any]) -> list[Any]:
+        """The payload frames of ``items``; raises ``SerializationError`` naming the first item that fails."""
+        try:
+            return self._encoder.encode(items)
+        except Exception:
+            for item in items:
+                try:
+                    self._encoder.encode([item])
+                except Exception as item_error:
+                    raise SerializationError(
+                        f"{self._buffers.serializer} cannot encode an item of type {type(item).__name__} for edge "
+                        f"{self.plan.name!r} ({type(item_error).__name__}: {item_error}); convert the item, or "
+                        f"choose another serializer for the edge or the topology"
+                    ) from item_error
+            raise
 
     def _account(self, items: list[Any], frames: list[Any]) -> None:
         size = wire.frames_size(frames)
@@ -167,7 +190,7 @@ class _ShuffleEdge(_PushEdge):
                 self._send_to_one_with_room(consumer, batch)
 
     def _send_to_one_with_room(self, preferred: int, items: list[Any]) -> None:
-        payload = self._encoder.encode(items)
+        payload = self._encode(items)
         count = len(self.sockets)
         started = None
         while True:
@@ -308,13 +331,15 @@ class Outputs:
         kinds = {GroupingKind.SHUFFLE: _ShuffleEdge, GroupingKind.BY_KEY: _KeyedEdge,
                  GroupingKind.BROADCAST: _BroadcastEdge}
         self.edges = [
-            kinds[edge.grouping.kind](edge, node_index, replica.index, token, plan.buffers, control, wiring)
+            kinds[edge.grouping.kind](edge, node_index, replica.index, token, edge.buffers, control, wiring)
             for edge in plan.edges_from(replica.node)
         ]
         counters.edges = {edge.plan.name: edge.stats for edge in self.edges}
         if len(self.edges) == 1:
             self.emit_many = self.edges[0].add_many  # type: ignore[method-assign]  # one call less per batch
-        self._linger_s = plan.buffers.linger_ms / 1000
+        self._linger_s = min((edge.plan.buffers.linger_ms for edge in self.edges), default=5.0) / 1000
+        self.chunk_items = min((edge.plan.buffers.batch_items for edge in self.edges), default=1)
+        """How many items a source gathers before handing them on: at most one batch of any edge."""
         self.deadline = time.monotonic() + self._linger_s
         """When partial batches are due: ``linger_ms`` after the last flush."""
 

@@ -31,41 +31,9 @@ from dataclasses import dataclass, field
 
 from .dsl import Grouping, GroupingKind, NodeKind, TopologySpec
 from .hosts import LOCALHOST, Host, deal, parse_hosts
+from .settings import BufferSettings, size_text
 
 IN_SLOT = "in"
-
-
-@dataclass(frozen=True)
-class BufferSettings:
-    """How items are batched and buffered on every data edge."""
-
-    batch_items: int = 1024
-    """A batch (one ZeroMQ message) holds at most this many items."""
-    batch_bytes: int = 256 * 1024
-    """A batch is sent once it holds this many bytes (an item larger than this travels alone)."""
-    linger_ms: float = 5.0
-    """A source sends a partial batch once its first item is this old."""
-    hwm: int = 8
-    """ZeroMQ high-water mark of every data socket, counted in batches (``--hwm``)."""
-    socket_buffer_bytes: int = 256 * 1024
-    """Kernel send and receive buffer of every TCP data socket (SO_SNDBUF / SO_RCVBUF)."""
-
-    def pair_bound(self) -> tuple[int, int, str]:
-        """(batches, kernel bytes, description) one producer→consumer pair can hold at most.
-
-        Batches: what a source has taken from its generator but not batched
-        yet (at most one batch), the producer's pending batch, ``hwm`` in the
-        PUSH/XPUB queue, one being written by the sending ZeroMQ I/O thread,
-        one being read by the receiving one, ``hwm`` in the PULL/SUB queue and
-        the one the consumer works on. Bytes: those batches, plus the two
-        kernel socket buffers over TCP (Linux doubles the size it is given).
-        """
-        batches = 2 * self.hwm + 5
-        kernel_bytes = 2 * 2 * self.socket_buffer_bytes
-        return batches, kernel_bytes, (
-            f"{batches} batches of <= {self.batch_items} items and <= max({_size(self.batch_bytes)}, "
-            f"one item) + {_size(kernel_bytes)} in kernel socket buffers"
-        )
 
 
 @dataclass(frozen=True)
@@ -87,6 +55,8 @@ class EdgePlan:
     grouping: Grouping
     producers: int
     consumers: int
+    buffers: BufferSettings = field(default_factory=BufferSettings)
+    """The effective settings of this edge (defaults, topology, run, then the edge's own)."""
 
     @property
     def sockets(self) -> tuple[str, str]:
@@ -178,8 +148,12 @@ def plan_run(
     spec: TopologySpec,
     hosts: str | Iterable[str] | Iterable[Host] | None = None,
     buffers: BufferSettings | None = None,
+    hwm: int | None = None,
 ) -> Plan:
     """Validate ``spec`` and compute its plan; raises ``TopologyError`` (or ``HostError``).
+
+    Settings: ``buffers`` (the run's) replace the topology's; ``hwm``
+    overrides the high-water mark; an edge's own settings win over both.
 
     Placement: the replicas of nodes without ``hosts=`` are dealt round
     robin, in plan order, over ``hosts`` (default: this machine; a host with
@@ -195,8 +169,12 @@ def plan_run(
         for index, name in enumerate(order)
     )
     parallelism = {node.name: node.parallelism for node in nodes}
+    base = buffers or BufferSettings().with_overrides(dict(spec.settings))
+    if hwm is not None:
+        base = base.with_overrides({"hwm": hwm})
     edges = tuple(
-        EdgePlan(edge.upstream, name, edge.grouping, parallelism[edge.upstream], parallelism[name])
+        EdgePlan(edge.upstream, name, edge.grouping, parallelism[edge.upstream], parallelism[name],
+                 base.with_overrides(dict(edge.grouping.settings)))
         for name in order
         for edge in spec.node(name).inputs
     )
@@ -215,7 +193,7 @@ def plan_run(
     every_host = {host.name: host for host in [*run_hosts, *(_pinned(name, run_hosts) for node in spec.nodes
                                                            for name in node.hosts)]}
     return Plan(spec.name, nodes, edges, tuple(replicas),
-                tuple(host for name, host in every_host.items() if name in used), buffers or BufferSettings())
+                tuple(host for name, host in every_host.items() if name in used), base)
 
 
 def _hosts(hosts: str | Iterable[str] | Iterable[Host]) -> tuple[Host, ...]:
@@ -291,15 +269,18 @@ def describe_plan(plan: Plan) -> str:
     lines += ["", "edges:"]
     for edge in plan.edges:
         producer, consumer = edge.sockets
+        own = {name: value for name, value in vars(edge.buffers).items() if value != vars(plan.buffers)[name]}
         lines.append(
             f"  {edge.name:<30} {str(edge.grouping):<18} {producer}->{consumer}  "
             f"{edge.producers}x{edge.consumers} pairs"
+            + (f"  [{', '.join(f'{name}={value!r}' for name, value in own.items())}]" if own else "")
         )
-    _, _, bound = plan.buffers.pair_bound()
+    buffers = plan.buffers
+    _, _, bound = buffers.pair_bound()
     lines += [
         "",
-        f"buffers: batch <= {plan.buffers.batch_items} items / {_size(plan.buffers.batch_bytes)}, "
-        f"hwm={plan.buffers.hwm} batches per socket",
+        f"buffers: batch <= {buffers.batch_items} items / {size_text(buffers.batch_bytes)}, "
+        f"hwm={buffers.effective_hwm} batches per socket, serializer={buffers.serializer}",
         f"  memory bound per producer->consumer pair: {bound}",
         "",
         "sockets:",
@@ -309,11 +290,3 @@ def describe_plan(plan: Plan) -> str:
         parts += [f"{c.socket}->{c.peer}:{c.slot}" for c in replica.connects]
         lines.append(f"  {replica.id:<24} @{replica.host}: {'; '.join(parts) or '-'}")
     return "\n".join(lines)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}"
-        n /= 1024
-    return f"{n:.0f} GiB"

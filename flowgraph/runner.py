@@ -19,7 +19,8 @@ from .launch.base import Backend, WorkerConfig
 from .launch.inproc import InprocBackend
 from .launch.local import LocalBackend
 from .launch.ssh import SshBackend, SshSettings
-from .plan import BufferSettings, Plan, plan_run
+from .plan import Plan, plan_run
+from .settings import BufferSettings
 from .security import Curve, start_authenticator
 from .report import NodeReport, ReplicaReport, RunReport
 
@@ -63,7 +64,8 @@ def run(
     ``progress`` makes a view from the plan (see ``flowgraph.progress``)
     that gets the replicas' counters while the run goes. ``params`` reach nodes
     as ``context().params``. ``hwm`` overrides the high-water mark (in
-    batches) of every data socket; ``buffers`` sets all buffer settings.
+    batches) of every data socket; ``buffers`` replaces the topology's
+    batching and serializer settings (an edge's own still win).
     ``collect`` names nodes whose received items are returned in
     ``RunReport.collected`` (see ``flowgraph.testing``).
 
@@ -83,9 +85,7 @@ def run(
     >>> report = run(topo, inproc=True)  # doctest: +SKIP
     """
     spec = topology.spec() if isinstance(topology, Topology) else topology
-    if hwm is not None:
-        buffers = BufferSettings(**{**vars(buffers or BufferSettings()), "hwm": hwm})
-    plan = plan_run(spec, hosts=hosts, buffers=buffers)
+    plan = plan_run(spec, hosts=hosts, buffers=buffers, hwm=hwm)
     collect = frozenset(collect)
     unknown = sorted(collect - {node.name for node in plan.nodes})
     if unknown:

@@ -118,7 +118,7 @@ def _fed(spec: TopologySpec, feed: Mapping[str, Iterable[Any]]) -> TopologySpec:
         if node.name in feed else node
         for node in spec.nodes
     )
-    return TopologySpec(spec.name, nodes)
+    return TopologySpec(spec.name, nodes, spec.settings)
 
 
 def assert_same_items(actual: Iterable[Any], expected: Iterable[Any], *, ordered: bool = False,

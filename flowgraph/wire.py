@@ -3,13 +3,14 @@
 Bytes in, bytes out; no sockets here.
 
 A data message is ``[header, payload, *buffers]``. The header is fixed size:
-magic, the run's token, kind, producer (node index, replica), a sequence
-number per producer socket and an item count. The payload is the batch (a
-list of items) pickled with protocol 5; large buffers (bytearray, memoryview,
-numpy arrays) travel out of band as extra frames, so they are never copied
-into the pickle. Unpickling is code execution: ``decode_header`` checks magic,
-length and token before anything else is looked at, and ``decode_items`` is
-only called on frames whose header passed.
+magic, the run's token, kind, serializer, producer (node index, replica), a
+sequence number per producer socket and an item count. The payload is the
+batch (a list of items) encoded by the edge's serializer: pickle protocol 5
+(large buffers — bytearray, memoryview, numpy arrays — travel out of band as
+extra frames, never copied into the pickle), msgpack or JSON. Unpickling is
+code execution: ``decode_header`` checks magic, length and token before
+anything else is looked at, and ``decode_items`` is only called on frames
+whose header passed.
 
 A control message is ``[header, kind, json body]`` with an optional fourth
 frame holding a pickled attachment (collected sink items for
@@ -25,15 +26,19 @@ import json
 import pickle
 import struct
 from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Callable
+from typing import Any, Protocol, Sequence
 
 import cloudpickle
+import msgpack
+
+from .settings import SERIALIZERS
 
 DATA_MAGIC = b"FGD1"
 CONTROL_MAGIC = b"FGC1"
 TOKEN_BYTES = 16
 
-_DATA_HEADER = struct.Struct("!4s16sBHHQI")
+_DATA_HEADER = struct.Struct("!4s16sBBHHQI")
 
 
 class Kind(enum.IntEnum):
@@ -43,11 +48,16 @@ class Kind(enum.IntEnum):
     EOS = 2
 
 
+_KINDS = {int(kind): kind for kind in Kind}
+
+
 @dataclass(frozen=True)
 class Header:
     """The checked header of a data message."""
 
     kind: Kind
+    serializer: int
+    """How the payload is encoded: the index of its name in ``SERIALIZERS``."""
     node: int
     """Index of the producer's node in the plan."""
     replica: int
@@ -62,23 +72,24 @@ def topic(token: bytes) -> bytes:
     return DATA_MAGIC + token
 
 
-def encode_header(token: bytes, kind: Kind, node: int, replica: int, seq: int, count: int) -> bytes:
-    return _DATA_HEADER.pack(DATA_MAGIC, token, kind, node, replica, seq, count)
+def encode_header(token: bytes, kind: Kind, serializer: int, node: int, replica: int, seq: int,
+                  count: int) -> bytes:
+    return _DATA_HEADER.pack(DATA_MAGIC, token, kind, serializer, node, replica, seq, count)
 
 
 def decode_header(token: bytes, frame: bytes | memoryview) -> Header | None:
     """The header if ``frame`` is a well-formed header of this run, else None."""
     if len(frame) != _DATA_HEADER.size:
         return None
-    magic, frame_token, kind, node, replica, seq, count = _DATA_HEADER.unpack(frame)
+    magic, frame_token, kind, serializer, node, replica, seq, count = _DATA_HEADER.unpack(frame)
     if magic != DATA_MAGIC or not hmac.compare_digest(frame_token, token):
         return None
-    if kind not in (Kind.BATCH, Kind.EOS):
+    if kind not in _KINDS or serializer >= len(SERIALIZERS):
         return None
-    return Header(Kind(kind), node, replica, seq, count)
+    return Header(_KINDS[kind], serializer, node, replica, seq, count)
 
 
-class BatchEncoder:
+class PickleEncoder:
     """Pickles the batches of one edge into payload frames: the pickle, then its out-of-band buffers.
 
     One cloudpickle Pickler is reused over a memory file, which makes a
@@ -124,9 +135,43 @@ def frames_size(frames: Sequence[Any]) -> int:
     return sum(memoryview(frame).nbytes for frame in frames)
 
 
-def decode_items(frames: Sequence[Any]) -> list[Any]:
-    """The items of a batch from its payload frames (after the header was checked)."""
-    return pickle.loads(frames[0], buffers=frames[1:])
+class MsgpackEncoder:
+    """msgpack: compact and fast for dicts, lists, str, bytes and numbers (tuples come back as lists)."""
+
+    def encode(self, items: list[Any]) -> list[Any]:
+        return [msgpack.packb(items, use_bin_type=True)]
+
+
+class JsonEncoder:
+    """JSON: readable, for dicts, lists, str and numbers (no bytes; tuples come back as lists)."""
+
+    def encode(self, items: list[Any]) -> list[Any]:
+        return [json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()]
+
+
+class Encoder(Protocol):
+    """Turns a batch into payload frames."""
+
+    def encode(self, items: list[Any]) -> list[Any]: ...
+
+
+ENCODERS: dict[str, Callable[[], Encoder]] = {
+    "pickle": PickleEncoder, "msgpack": MsgpackEncoder, "json": JsonEncoder,
+}
+
+
+def serializer_id(name: str) -> int:
+    """The number the header carries for serializer ``name``."""
+    return SERIALIZERS.index(name)
+
+
+def decode_items(serializer: int, frames: Sequence[Any]) -> list[Any]:
+    """The items of a batch from its payload frames (only after the header was checked)."""
+    if serializer == 0:
+        return pickle.loads(frames[0], buffers=frames[1:])
+    if serializer == 1:
+        return msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
+    return json.loads(bytes(frames[0]))
 
 
 def encode_control(token: bytes, kind: str, body: dict[str, Any], attachment: Any = None) -> list[bytes]:

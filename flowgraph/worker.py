@@ -25,7 +25,7 @@ import zmq
 
 from ._operator import Operator, emitted, generated, make_operator
 from .channel import ControlPipe, Inputs, ProtocolError, Stopped, Wiring, monitor_handshakes
-from .outputs import Outputs
+from .outputs import Outputs, SerializationError
 from .context import Context, set_context
 from .counters import Counters
 from .dsl import NodeKind, NodeSpec
@@ -161,6 +161,8 @@ class _Replica:
             return False
         except _Failure as caught:
             failure = caught
+        except SerializationError as error:
+            failure = _Failure("send", error)
         except Exception as error:  # a bug or a broken peer: report it like a user error
             failure = _Failure("runtime", error)
         teardown_failure = self._teardown(operator)
@@ -219,7 +221,7 @@ class _Replica:
         append = chunk.append
         started = looked = clock()
         blocked = self._blocked_s()
-        seen, since_look, size = ticker.count, 0, min(_SOURCE_CHUNK, self.job.plan.buffers.batch_items)
+        seen, since_look, size = ticker.count, 0, min(_SOURCE_CHUNK, outputs.chunk_items)
         try:
             for item in generated(operator.generate()):
                 append(item)
@@ -237,7 +239,7 @@ class _Replica:
                         counters.busy_s = now - started - (self._blocked_s() - blocked)
             emit_many(chunk)
             counters.items_out += len(chunk)
-        except Stopped:
+        except (Stopped, SerializationError):
             raise
         except Exception as error:
             raise _Failure("generate", error) from error

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from flowgraph import BufferSettings, Topology
+from flowgraph.plan import plan_run
 from flowgraph.testing import run_and_collect
 from helpers import Cli, PeakRss, write_topology
 
@@ -90,5 +91,6 @@ def test_hwm_option_sets_every_data_socket(hwm):
     def store(n):
         pass
 
-    assert topo.check().buffers.hwm == 8
+    assert topo.check().buffers.effective_hwm == 8
+    assert plan_run(topo.spec(), hwm=hwm).buffers.effective_hwm == hwm
     assert sorted(run_and_collect(topo, mode="inproc", hwm=hwm)["store"]) == list(range(100))
