@@ -10,13 +10,14 @@ traceback (user frames only) and the item being processed.
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
 import threading
 import time
 import traceback
 from operator import length_hint
 from types import GeneratorType
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,24 +59,39 @@ class ReplicaJob:
 
 
 class _Ticker:
-    """A thread that counts milliseconds, so hot loops can notice time passing without reading the clock."""
+    """A thread that counts milliseconds, so hot loops can notice time passing without reading the clock.
 
-    _shared: _Ticker | None = None
+    Shared by the sources of a process while any of them runs (``using``);
+    the thread ends when the last one is done, so a program that called
+    ``run(..., inproc=True)`` is not left with a thread waking every millisecond.
+    """
+
+    _current: _Ticker | None = None
     _lock = threading.Lock()
 
     def __init__(self) -> None:
         self.count = 0
+        self._users = 0
         threading.Thread(target=self._run, name="flowgraph-ticker", daemon=True).start()
 
     @classmethod
-    def shared(cls) -> _Ticker:
+    @contextlib.contextmanager
+    def using(cls) -> Iterator[_Ticker]:
         with cls._lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
+            if cls._current is None:
+                cls._current = cls()
+            ticker = cls._current
+            ticker._users += 1
+        try:
+            yield ticker
+        finally:
+            with cls._lock:
+                ticker._users -= 1
+                if ticker._users == 0:
+                    cls._current = None
 
     def _run(self) -> None:
-        while True:
+        while self._users or self.count == 0:
             time.sleep(_SLOW_ITEM_S)
             self.count += 1
 
@@ -204,6 +220,10 @@ class _Replica:
             log.warning("%s: ignored control message %r while waiting for %r", self.job.replica.id, got, kind)
 
     def _generate(self, operator: Operator) -> None:
+        with _Ticker.using() as ticker:
+            self._generate_with(operator, ticker)
+
+    def _generate_with(self, operator: Operator, ticker: _Ticker) -> None:
         """Emit what the source yields, in chunks; partial batches go out once due or when the source is slow.
 
         Reading the clock for every item would cost a fast source more than
@@ -216,7 +236,6 @@ class _Replica:
         outputs, counters = self.outputs, self.counters
         emit_many = outputs.emit_many
         clock = time.monotonic
-        ticker = _Ticker.shared()
         chunk: list[Any] = []
         append = chunk.append
         started = looked = clock()
