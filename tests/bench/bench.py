@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -82,7 +83,11 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     }
 
     def record(key: str, value: float, digits: int = 0) -> float:
-        results[key] = round(value, digits) if digits else round(value)
+        """Keep a figure; a run too short to measure (quick mode on a noisy machine) gives None."""
+        if not math.isfinite(value):
+            results[key] = None
+        else:
+            results[key] = round(value, digits) if digits else round(value)
         return value
 
     # Small dicts through source -> map -> sink.
