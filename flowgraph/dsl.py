@@ -17,12 +17,10 @@ import enum
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import TopologyError
 from .settings import check_settings
-
-T = TypeVar("T")
 
 
 class GroupingKind(enum.Enum):

@@ -19,7 +19,7 @@ from .launch.base import Backend, WorkerConfig
 from .launch.inproc import InprocBackend
 from .launch.local import LocalBackend
 from .launch.ssh import SshBackend, SshSettings
-from .plan import Plan, plan_run
+from .plan import Plan, plan_run, replica_id
 from .settings import BufferSettings
 from .security import Curve, start_authenticator
 from .report import NodeReport, ReplicaReport, RunReport
@@ -170,8 +170,7 @@ def _partial_report(plan: Plan, mode: str, coordinator: Coordinator, launched: f
                     failure: RunFailed | None) -> RunReport:
     """What the replicas had done when the run stopped, from their last heartbeats."""
     ended = time.monotonic()
-    failed = None if failure is None else f"{failure.node}/{failure.replica}"
-    errors = {failed: str(failure.args[0])} if failure is not None and failed is not None else {}
+    errors = {} if failure is None else {replica_id(failure.node, failure.replica): str(failure.args[0])}
     return _report(plan, mode, coordinator.live, launched, coordinator.started_at or ended, ended, errors=errors)
 
 
