@@ -24,7 +24,7 @@ class EdgeStats:
 class Counters:
     """What one replica has done so far."""
 
-    __slots__ = ("items_in", "items_out", "busy_s", "started_at", "edges")
+    __slots__ = ("items_in", "items_out", "busy_s", "blocked_s", "started_at", "edges")
 
     def __init__(self) -> None:
         self.items_in = 0
@@ -33,6 +33,8 @@ class Counters:
         """Items emitted (a sink: 0)."""
         self.busy_s = 0.0
         """Time in user code: process(), generate(), finish()."""
+        self.blocked_s = 0.0
+        """Time blocked on backpressure, all output edges together (each edge has its own too)."""
         self.started_at = 0.0
         """Wall-clock time (``time.time()``) of the start barrier; 0 before."""
         self.edges: dict[str, EdgeStats] = {}

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from . import wire
+from . import serializers, wire
 from ._keys import replica_for_key
 from .channel import IDENT_MAGIC, SUBSCRIBE, ControlPipe, ProtocolError, Wiring
 from .counters import Counters, EdgeStats
@@ -25,6 +25,7 @@ from .plan import ConnectPlan, EdgePlan, Plan, ReplicaPlan, broadcast_slot
 from .settings import BufferSettings
 
 log = logging.getLogger(__name__)
+
 
 class SerializationError(Exception):
     """An emitted item cannot be encoded by its edge's serializer."""
@@ -36,13 +37,22 @@ SUBSCRIBE_TIMEOUT_S = 30.0
 """Broadcast consumers connect right after the address book; longer than this is a failure."""
 
 
+def _send(socket: zmq.Socket, frames: list[Any], flags: int) -> None:
+    """Send a message: a small single frame by copy (cheaper), several frames without copying."""
+    if len(frames) == 1:
+        socket.send(frames[0], flags)
+    else:
+        socket.send_multipart(frames, flags, copy=False)
+
+
 class _Edge:
     """One output edge: pending batches, sockets, sequence numbers, stats."""
 
     def __init__(self, edge: EdgePlan, node_index: int, replica: int, token: bytes,
-                 buffers: BufferSettings, control: ControlPipe, wiring: Wiring) -> None:
+                 buffers: BufferSettings, control: ControlPipe, wiring: Wiring, counters: Counters) -> None:
         self.plan = edge
         self.stats = EdgeStats()
+        self._counters = counters
         self._node_index = node_index
         self._replica = replica
         self._token = token
@@ -51,8 +61,8 @@ class _Edge:
         self._wiring = wiring
         self._limit = 1
         """Items per batch: adapted after each batch so a batch is about ``batch_bytes``."""
-        self._encoder = wire.ENCODERS[buffers.serializer]()
-        self._serializer = wire.serializer_id(buffers.serializer)
+        self._encoder = serializers.ENCODERS[buffers.serializer]()
+        self._serializer = serializers.serializer_id(buffers.serializer)
         self.sockets: list[zmq.Socket] = []
         self._seq: list[int] = []
 
@@ -65,7 +75,7 @@ class _Edge:
         self._seq[socket_index] = seq + 1
         header = wire.encode_header(self._token, kind, self._serializer, self._node_index, self._replica, seq,
                                     len(items))
-        return [header, *payload]
+        return wire.message(header, payload)
 
     def _encode(self, items: list[Any]) -> list[Any]:
         """The payload frames of ``items``; raises ``SerializationError`` naming the first item that fails."""
@@ -94,7 +104,7 @@ class _Edge:
     def _send_waiting(self, socket: zmq.Socket, frames: list[Any]) -> None:
         """Send, waiting as long as the consumer has no room (backpressure)."""
         try:
-            socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            _send(socket, frames, zmq.NOBLOCK)
             return
         except zmq.Again:
             pass
@@ -103,12 +113,17 @@ class _Edge:
             while True:
                 self._control.raise_if_stopped()
                 try:
-                    socket.send_multipart(frames, copy=False)  # blocks up to SNDTIMEO
+                    _send(socket, frames, 0)  # blocks up to SNDTIMEO
                     return
                 except zmq.Again:
                     continue
         finally:
-            self.stats.blocked_s += time.monotonic() - started
+            self._blocked_since(started)
+
+    def _blocked_since(self, started: float) -> None:
+        waited = time.monotonic() - started
+        self.stats.blocked_s += waited
+        self._counters.blocked_s += waited
 
     def add_many(self, items: list[Any]) -> None:
         """Put ``items`` into pending batches; send every batch that is full."""
@@ -198,13 +213,13 @@ class _ShuffleEdge(_PushEdge):
                 index = (preferred + offset) % count
                 frames = self._frames(index, wire.Kind.BATCH, items, payload)
                 try:
-                    self.sockets[index].send_multipart(frames, zmq.NOBLOCK, copy=False)
+                    _send(self.sockets[index], frames, zmq.NOBLOCK)
                 except zmq.Again:
                     self._seq[index] -= 1
                     continue
                 self._account(items, frames)
                 if started is not None:
-                    self.stats.blocked_s += time.monotonic() - started
+                    self._blocked_since(started)
                 return
             started = started or time.monotonic()
             events = dict(self._poller.poll(_SEND_WAIT_MS))
@@ -331,7 +346,8 @@ class Outputs:
         kinds = {GroupingKind.SHUFFLE: _ShuffleEdge, GroupingKind.BY_KEY: _KeyedEdge,
                  GroupingKind.BROADCAST: _BroadcastEdge}
         self.edges = [
-            kinds[edge.grouping.kind](edge, node_index, replica.index, token, edge.buffers, control, wiring)
+            kinds[edge.grouping.kind](edge, node_index, replica.index, token, edge.buffers, control, wiring,
+                                      counters)
             for edge in plan.edges_from(replica.node)
         ]
         counters.edges = {edge.plan.name: edge.stats for edge in self.edges}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SERIALIZERS = ("pickle", "msgpack", "json")
-"""``pickle`` (protocol 5, out-of-band buffers; any picklable item), ``msgpack``
+"""``pickle`` (protocol 5, large buffers out of band: see ``serializers``; any picklable item), ``msgpack``
 (fast and compact; dicts, lists, str, bytes, numbers, bools, None: tuples come
 back as lists) and ``json`` (the same without bytes; readable)."""
 

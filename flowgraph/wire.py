@@ -1,16 +1,15 @@
 """Frames on the wire: data batches, end of stream and control messages.
 
-Bytes in, bytes out; no sockets here.
+Bytes in, bytes out; no sockets here (payloads come from ``serializers``).
 
-A data message is ``[header, payload, *buffers]``. The header is fixed size:
-magic, the run's token, kind, serializer, producer (node index, replica), a
-sequence number per producer socket and an item count. The payload is the
-batch (a list of items) encoded by the edge's serializer: pickle protocol 5
-(large buffers — bytearray, memoryview, numpy arrays — travel out of band as
-extra frames, never copied into the pickle), msgpack or JSON. Unpickling is
-code execution: ``decode_header`` checks magic, length and token before
-anything else is looked at, and ``decode_items`` is only called on frames
-whose header passed.
+A data message is ``[header + payload]`` when the payload is one frame of
+up to ``INLINE_BYTES`` (a batch of small items: one frame to send, receive
+and check), else ``[header, payload, *buffers]``. The header is fixed
+size: magic, the run's token, kind, serializer, producer (node index,
+replica), a sequence number per producer socket and an item count.
+Unpickling is code execution: ``decode_header`` checks magic, length and
+token before anything else is looked at, and payloads are only decoded
+for messages whose header passed.
 
 A control message is ``[header, kind, json body]`` with an optional fourth
 frame holding a pickled attachment (collected sink items for
@@ -21,17 +20,12 @@ from __future__ import annotations
 
 import enum
 import hmac
-import io
 import json
 import pickle
 import struct
-from dataclasses import dataclass
-from collections.abc import Callable
-from typing import Any, Protocol, Sequence
+from typing import Any, NamedTuple, Sequence
 
-import cloudpickle
-import msgpack
-
+from . import serializers
 from .settings import SERIALIZERS
 
 DATA_MAGIC = b"FGD1"
@@ -39,6 +33,7 @@ CONTROL_MAGIC = b"FGC1"
 TOKEN_BYTES = 16
 
 _DATA_HEADER = struct.Struct("!4s16sBBHHQI")
+HEADER_BYTES = _DATA_HEADER.size
 
 
 class Kind(enum.IntEnum):
@@ -48,14 +43,11 @@ class Kind(enum.IntEnum):
     EOS = 2
 
 
-_KINDS = {int(kind): kind for kind in Kind}
-
-
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """The checked header of a data message."""
 
-    kind: Kind
+    kind: int
+    """A ``Kind``."""
     serializer: int
     """How the payload is encoded: the index of its name in ``SERIALIZERS``."""
     node: int
@@ -63,7 +55,7 @@ class Header:
     replica: int
     seq: int
     """Sequence number of this message on its producer socket, from 0."""
-    count: int
+    items: int
     """Items in the batch (0 for end of stream)."""
 
 
@@ -84,101 +76,41 @@ def decode_header(token: bytes, frame: bytes | memoryview) -> Header | None:
     magic, frame_token, kind, serializer, node, replica, seq, count = _DATA_HEADER.unpack(frame)
     if magic != DATA_MAGIC or not hmac.compare_digest(frame_token, token):
         return None
-    if kind not in _KINDS or serializer >= len(SERIALIZERS):
+    if kind not in (Kind.BATCH, Kind.EOS) or serializer >= len(SERIALIZERS):
         return None
-    return Header(_KINDS[kind], serializer, node, replica, seq, count)
+    return Header(kind, serializer, node, replica, seq, count)
 
 
-class PickleEncoder:
-    """Pickles the batches of one edge into payload frames: the pickle, then its out-of-band buffers.
+INLINE_BYTES = 64 * 1024
+"""A payload of one frame up to this size travels in the header's frame: one ZeroMQ frame less."""
 
-    One cloudpickle Pickler is reused over a memory file, which makes a
-    batch of small items cheaper than ``pickle.dumps`` (no pickler set up per
-    batch) while keeping cloudpickle's by-value pickling of the topology's
-    own classes and functions. A pickle larger than ``REUSE_BYTES`` leaves
-    with its memory file (no copy) and the next batch gets a fresh one.
-    """
 
-    REUSE_BYTES = 1 << 20
+def message(header: bytes, payload: list[Any]) -> list[Any]:
+    """The frames of a data message: the header with the payload inline when it is one small frame."""
+    if len(payload) == 1 and type(payload[0]) is bytes and len(payload[0]) <= INLINE_BYTES:
+        return [header + payload[0]]
+    return [header, *payload]
 
-    def __init__(self) -> None:
-        self._buffers: list[pickle.PickleBuffer] = []
-        self._start()
 
-    def _start(self) -> None:
-        self._file = io.BytesIO()
-        self._pickler = cloudpickle.Pickler(self._file, protocol=5, buffer_callback=self._buffers.append)
-
-    def encode(self, items: list[Any]) -> list[Any]:
-        """The payload frames of ``items``; raises what pickling raises (``PicklingError``, ``TypeError``)."""
-        try:
-            self._pickler.dump(items)
-        except BaseException:
-            self._buffers.clear()
-            self._start()
-            raise
-        if self._file.tell() <= self.REUSE_BYTES:
-            payload: Any = self._file.getvalue()
-            self._file.seek(0)
-            self._file.truncate()
-            self._pickler.clear_memo()
-        else:
-            payload = self._file.getbuffer()
-            self._start()
-        frames = [payload, *(buffer.raw() for buffer in self._buffers)]
-        self._buffers.clear()
-        return frames
+def split(frames: Sequence[Any]) -> tuple[memoryview, list[Any]]:
+    """(header, payload frames) of a received message (``Frame`` objects), the inverse of ``message``."""
+    first = frames[0].buffer
+    payload = [frame.buffer for frame in frames[1:]]
+    if len(first) > HEADER_BYTES:
+        payload.insert(0, first[HEADER_BYTES:])
+    return first[:HEADER_BYTES], payload
 
 
 def frames_size(frames: Sequence[Any]) -> int:
-    """Total bytes of ``frames`` (bytes, memoryviews or zmq Frames)."""
-    return sum(memoryview(frame).nbytes for frame in frames)
-
-
-class MsgpackEncoder:
-    """msgpack: compact and fast for dicts, lists, str, bytes and numbers (tuples come back as lists)."""
-
-    def encode(self, items: list[Any]) -> list[Any]:
-        return [msgpack.packb(items, use_bin_type=True)]
-
-
-class JsonEncoder:
-    """JSON: readable, for dicts, lists, str and numbers (no bytes; tuples come back as lists)."""
-
-    def encode(self, items: list[Any]) -> list[Any]:
-        return [json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()]
-
-
-class Encoder(Protocol):
-    """Turns a batch into payload frames."""
-
-    def encode(self, items: list[Any]) -> list[Any]: ...
-
-
-ENCODERS: dict[str, Callable[[], Encoder]] = {
-    "pickle": PickleEncoder, "msgpack": MsgpackEncoder, "json": JsonEncoder,
-}
-
-
-def serializer_id(name: str) -> int:
-    """The number the header carries for serializer ``name``."""
-    return SERIALIZERS.index(name)
-
-
-def decode_items(serializer: int, frames: Sequence[Any]) -> list[Any]:
-    """The items of a batch from its payload frames (only after the header was checked)."""
-    if serializer == 0:
-        return pickle.loads(frames[0], buffers=frames[1:])
-    if serializer == 1:
-        return msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
-    return json.loads(bytes(frames[0]))
+    """Total bytes of ``frames`` (bytes, byte memoryviews or zmq Frames)."""
+    return sum(map(len, frames))
 
 
 def encode_control(token: bytes, kind: str, body: dict[str, Any], attachment: Any = None) -> list[bytes]:
     """A control message; ``attachment`` (any picklable object) is optional."""
     frames = [CONTROL_MAGIC + token, kind.encode(), json.dumps(body).encode()]
     if attachment is not None:
-        frames.append(cloudpickle.dumps(attachment, protocol=5))
+        frames.append(serializers.dumps(attachment))
     return frames
 
 

@@ -10,14 +10,13 @@ traceback (user frames only) and the item being processed.
 from __future__ import annotations
 
 import logging
-import contextlib
 import os
-import threading
 import time
 import traceback
+from itertools import islice
 from operator import length_hint
 from types import GeneratorType
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +35,11 @@ log = logging.getLogger(__name__)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ITEM_REPR_CHARS = 200
-_SLOW_ITEM_S = 0.001
 _SOURCE_CHUNK = 64
 _SLICE_S = 0.001
 """A node works through its input in slices of about this long between checks for due batches."""
 _MAX_SLICE = 1024
+_NONE = type(None)
 
 
 @dataclass(frozen=True)
@@ -56,44 +55,6 @@ class ReplicaJob:
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: bool = False
     """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""
-
-
-class _Ticker:
-    """A thread that counts milliseconds, so hot loops can notice time passing without reading the clock.
-
-    Shared by the sources of a process while any of them runs (``using``);
-    the thread ends when the last one is done, so a program that called
-    ``run(..., inproc=True)`` is not left with a thread waking every millisecond.
-    """
-
-    _current: _Ticker | None = None
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._users = 0
-        threading.Thread(target=self._run, name="flowgraph-ticker", daemon=True).start()
-
-    @classmethod
-    @contextlib.contextmanager
-    def using(cls) -> Iterator[_Ticker]:
-        with cls._lock:
-            if cls._current is None:
-                cls._current = cls()
-            ticker = cls._current
-            ticker._users += 1
-        try:
-            yield ticker
-        finally:
-            with cls._lock:
-                ticker._users -= 1
-                if ticker._users == 0:
-                    cls._current = None
-
-    def _run(self) -> None:
-        while self._users or self.count == 0:
-            time.sleep(_SLOW_ITEM_S)
-            self.count += 1
 
 
 class _Failure(Exception):
@@ -220,49 +181,46 @@ class _Replica:
             log.warning("%s: ignored control message %r while waiting for %r", self.job.replica.id, got, kind)
 
     def _generate(self, operator: Operator) -> None:
-        with _Ticker.using() as ticker:
-            self._generate_with(operator, ticker)
+        """Emit what the source yields, in chunks taken at C speed; a slow source's items go out at once.
 
-    def _generate_with(self, operator: Operator, ticker: _Ticker) -> None:
-        """Emit what the source yields, in chunks; partial batches go out once due or when the source is slow.
-
-        Reading the clock for every item would cost a fast source more than
-        the rest of its loop, so a ticker thread counts milliseconds and the
-        loop looks at the clock only when a tick passed. A source that took a
-        tick or more per item since the last look is not producing fast
-        enough to fill batches: its items go out at once. A source's busy
-        time is its wall time less the time it was blocked.
+        A chunk is taken with ``islice``, so a fast source pays nothing per
+        item here. Its size adapts so a chunk takes about half of ``_SLICE_S``
+        (up to ``_SOURCE_CHUNK`` items): partial batches still go out
+        ``linger_ms`` after the last flush. A source that takes ``_SLICE_S``
+        or more per item is slow: its items are sent at once, not held for a
+        batch. A source's busy time is its wall time less the time it was
+        blocked.
         """
         outputs, counters = self.outputs, self.counters
         emit_many = outputs.emit_many
         clock = time.monotonic
-        chunk: list[Any] = []
-        append = chunk.append
-        started = looked = clock()
-        blocked = self._blocked_s()
-        seen, since_look, size = ticker.count, 0, min(_SOURCE_CHUNK, outputs.chunk_items)
+        started = clock()
+        blocked = counters.blocked_s
+        size, most = 1, min(_SOURCE_CHUNK, outputs.chunk_items)
         try:
-            for item in generated(operator.generate()):
-                append(item)
-                since_look += 1
-                if ticker.count != seen or len(chunk) >= size:
-                    seen = ticker.count
-                    now = clock()
-                    slow = now - looked > since_look * _SLOW_ITEM_S
-                    looked, since_look = now, 0
-                    emit_many(chunk)
-                    counters.items_out += len(chunk)
-                    chunk.clear()
-                    if slow or now >= outputs.deadline:
+            items = generated(operator.generate())
+            while True:
+                began = clock()
+                chunk = list(islice(items, size))
+                if not chunk:
+                    break
+                now = clock()
+                taking = now - began
+                emit_many(chunk)
+                counters.items_out += len(chunk)
+                if taking >= _SLICE_S * len(chunk):
+                    size = 1
+                    self._flush_and_check()
+                else:
+                    size = min(size * 2, most) if taking < _SLICE_S / 2 else max(1, size // 2)
+                    if now >= outputs.deadline:
                         self._flush_and_check()
-                        counters.busy_s = now - started - (self._blocked_s() - blocked)
-            emit_many(chunk)
-            counters.items_out += len(chunk)
+                counters.busy_s = now - started - (counters.blocked_s - blocked)
         except (Stopped, SerializationError):
             raise
         except Exception as error:
             raise _Failure("generate", error) from error
-        counters.busy_s = clock() - started - (self._blocked_s() - blocked)
+        counters.busy_s = clock() - started - (counters.blocked_s - blocked)
 
     def _process(self, operator: Operator) -> None:
         """Run ``process`` on every input item, in slices sized to take about ``_SLICE_S``.
@@ -295,22 +253,19 @@ class _Replica:
             while start < count:
                 chunk = items if start == 0 and size >= count else items[start:start + size]
                 began = clock()
-                blocked = self._blocked_s()
+                blocked = counters.blocked_s
                 results = _run(operator, chunk, has_outputs)
                 if results:
                     outputs.emit_many(results)
                     counters.items_out += len(results)
                 now = clock()
                 elapsed = now - began
-                counters.busy_s += elapsed - (self._blocked_s() - blocked)
+                counters.busy_s += elapsed - (counters.blocked_s - blocked)
                 counters.items_in += len(chunk)
                 size = min(size * 2, _MAX_SLICE) if elapsed < _SLICE_S else max(1, size // 2)
                 start += len(chunk)
                 if now >= outputs.deadline:
                     self._flush_and_check()
-
-    def _blocked_s(self) -> float:
-        return sum(edge.stats.blocked_s for edge in self.outputs.edges)
 
     def _emit_all(self, phase: str, method: Any) -> None:
         self.context.input = None
@@ -382,9 +337,16 @@ def _run(operator: Operator, chunk: list[Any], keep: bool) -> list[Any]:
     except Exception as error:
         failed = len(chunk) - length_hint(items) - 1
         raise _Failure("process", error, chunk[failed], has_item=True) from error
-    if GeneratorType in map(type, results):  # a function that returned a generator: run it
+    if not keep:
+        if GeneratorType in map(type, results):  # a sink that returned a generator: run it
+            _expand(results, chunk)
+        return []
+    kinds = set(map(type, results))  # one pass in C for both checks
+    if GeneratorType in kinds:  # a function that returned a generator: run it
         results = _expand(results, chunk)
-    return [result for result in results if result is not None] if keep else []
+    elif _NONE not in kinds:
+        return results
+    return [result for result in results if result is not None]
 
 
 def _expand(results: list[Any], chunk: list[Any]) -> list[Any]:

@@ -4,17 +4,22 @@
     python baselines.py zmq-items N       pyzmq, one pickled item per message
     python baselines.py mp-queue N        multiprocessing.Queue, one item per put, a sentinel at the end
     python baselines.py zmq-bytes N SIZE  pyzmq, SIZE-byte items, pickle 5 out-of-band, zero-copy frames
+    python baselines.py zmq-latency N RATE
+                                          pyzmq, one item per message at RATE items/s; prints p50/p99 JSON
 
 Written the way the ZeroMQ guide and the multiprocessing docs show them, with
 the same items as the flowgraph benchmark: {"id", "url", "score"} dicts,
-the map adds 1 to the score. Each prints nothing; time the whole command.
+the map adds 1 to the score. Each prints nothing (but the latency one);
+time the whole command.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import pickle
 import sys
+import time
 
 import zmq
 
@@ -167,6 +172,65 @@ def run_zmq_bytes(count: int, size: int) -> None:
         process.join()
 
 
+def latency_source(endpoint: str, count: int, rate: float) -> None:
+    """Stamped items at ``rate`` per second, as the flowgraph latency benchmark's source makes them."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.connect(endpoint)
+    interval = 1 / rate
+    due = time.monotonic()
+    for n in range(count):
+        due += interval
+        time.sleep(max(0.0, due - time.monotonic()))
+        push.send(pickle.dumps([(n, time.monotonic())], protocol=5))
+    push.send(END)
+    push.close(linger=-1)
+    context.term()
+
+
+def latency_sink(ports: multiprocessing.Queue, figures: multiprocessing.Queue) -> None:
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    ports.put(pull.bind_to_random_port("tcp://127.0.0.1"))
+    seconds = []
+    while (message := pull.recv()) != END:
+        seconds += [time.monotonic() - stamp for _, stamp in pickle.loads(message)]
+    seconds.sort()
+    figures.put({"p50_ms": 1000 * seconds[len(seconds) // 2], "p99_ms": 1000 * seconds[int(len(seconds) * 0.99)]})
+    pull.close()
+    context.term()
+
+
+def latency_map(ports: multiprocessing.Queue, push_endpoint: str) -> None:
+    """Passes each message on, decoded and encoded again (the flowgraph map returns its item)."""
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    ports.put(pull.bind_to_random_port("tcp://127.0.0.1"))
+    push = context.socket(zmq.PUSH)
+    push.connect(push_endpoint)
+    while (message := pull.recv()) != END:
+        push.send(pickle.dumps(pickle.loads(message), protocol=5))
+    push.send(END)
+    push.close(linger=-1)
+    pull.close()
+    context.term()
+
+
+def run_zmq_latency(count: int, rate: float) -> None:
+    """source -> map -> sink, each stamped item sent at once in a message of its own."""
+    spawn = multiprocessing.get_context("spawn")
+    ports, figures = spawn.Queue(), spawn.Queue()
+    sink = spawn.Process(target=latency_sink, args=(ports, figures))
+    sink.start()
+    mapper = spawn.Process(target=latency_map, args=(ports, f"tcp://127.0.0.1:{ports.get()}"))
+    mapper.start()
+    source = spawn.Process(target=latency_source, args=(f"tcp://127.0.0.1:{ports.get()}", count, rate))
+    source.start()
+    print(json.dumps(figures.get()))
+    for process in (source, mapper, sink):
+        process.join()
+
+
 def queue_source(out: multiprocessing.Queue, count: int) -> None:
     for n in range(count):
         out.put(item(n))
@@ -207,5 +271,8 @@ if __name__ == "__main__":
         run_queue(count)
     elif kind == "zmq-bytes":
         run_zmq_bytes(count, int(sys.argv[3]))
+    elif kind == "zmq-latency":
+        run_zmq_latency(count, float(sys.argv[3]))
     else:
-        raise SystemExit(f"unknown baseline {kind!r}; expected zmq-batched, zmq-items, mp-queue or zmq-bytes")
+        raise SystemExit(f"unknown baseline {kind!r}; expected zmq-batched, zmq-items, mp-queue, zmq-bytes or "
+                         f"zmq-latency")
