@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _ITEM_REPR_CHARS = 200
-_SOURCE_CHUNK = 64
 _SLICE_S = 0.001
 """A node works through its input in slices of about this long between checks for due batches."""
 _MAX_SLICE = 1024
@@ -185,7 +184,7 @@ class _Replica:
 
         A chunk is taken with ``islice``, so a fast source pays nothing per
         item here. Its size adapts so a chunk takes about half of ``_SLICE_S``
-        (up to ``_SOURCE_CHUNK`` items): partial batches still go out
+        (up to a batch): partial batches still go out
         ``linger_ms`` after the last flush. A source that takes ``_SLICE_S``
         or more per item is slow: its items are sent at once, not held for a
         batch. A source's busy time is its wall time less the time it was
@@ -196,7 +195,7 @@ class _Replica:
         clock = time.monotonic
         started = clock()
         blocked = counters.blocked_s
-        size, most = 1, min(_SOURCE_CHUNK, outputs.chunk_items)
+        size, most = 1, outputs.chunk_items
         try:
             items = generated(operator.generate())
             while True:
