@@ -133,6 +133,10 @@ class _Edge:
         """Send every pending batch."""
         raise NotImplementedError
 
+    def has_pending(self) -> bool:
+        """True if items wait in a batch not sent yet."""
+        raise NotImplementedError
+
     def send_eos(self) -> None:
         """Flush, then send end of stream to every consumer replica."""
         raise NotImplementedError
@@ -204,6 +208,9 @@ class _ShuffleEdge(_PushEdge):
                 self._pending[consumer] = []
                 self._send_to_one_with_room(consumer, batch)
 
+    def has_pending(self) -> bool:
+        return any(self._pending)
+
     def _send_to_one_with_room(self, preferred: int, items: list[Any]) -> None:
         payload = self._encode(items)
         count = len(self.sockets)
@@ -262,6 +269,9 @@ class _KeyedEdge(_PushEdge):
             if batch:
                 self._pending[consumer] = []
                 self._send_batch(consumer, batch)
+
+    def has_pending(self) -> bool:
+        return any(self._pending)
 
     def _send_batch(self, consumer: int, items: list[Any]) -> None:
         frames = self._frames(consumer, wire.Kind.BATCH, items)
@@ -324,6 +334,9 @@ class _BroadcastEdge(_Edge):
         if self._pending:
             batch, self._pending = self._pending, []
             self._send(batch)
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
     def _send(self, items: list[Any]) -> None:
         frames = self._frames(0, wire.Kind.BATCH, items)
@@ -393,6 +406,10 @@ class Outputs:
         for edge in self.edges:
             edge.flush()
         self.deadline = time.monotonic() + self._linger_s
+
+    def has_pending(self) -> bool:
+        """True if items wait in a batch of some edge not sent yet."""
+        return any(edge.has_pending() for edge in self.edges)
 
     def send_eos(self) -> None:
         """Flush, then send end of stream on every socket, behind the data."""

@@ -10,13 +10,15 @@ traceback (user frames only) and the item being processed.
 from __future__ import annotations
 
 import logging
+import threading
 import os
 import time
 import traceback
 from itertools import islice
 from operator import length_hint
 from types import GeneratorType
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,88 @@ class ReplicaJob:
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: bool = False
     """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""
+
+
+class _LateFlush(threading.Thread):
+    """Sends a source's due items while its generator blocks (waiting for input, say).
+
+    The generator runs in the replica's thread, which may stay in it as long
+    as the source likes; items it yielded before must not wait with it. The
+    replica's thread collects a chunk into ``taken`` and, while it does so
+    (armed), this thread wakes at each ``linger_ms`` deadline and, if the
+    deadline passed, takes the items collected so far and flushes them with
+    whatever batches are pending. Everything that touches the outputs holds
+    ``lock``; a mutex also gives ZeroMQ sockets the memory barrier they need
+    to be used by two threads in turn. What goes wrong here (a stop, an
+    unencodable item) is raised in the replica's thread at its next chunk.
+    """
+
+    def __init__(self, outputs: Outputs, counters: Counters, flush: Callable[[], None]) -> None:
+        super().__init__(name="flowgraph-late-flush", daemon=True)
+        self.lock = threading.Condition(threading.Lock())
+        self.taken: deque[Any] = deque()
+        self.took = False
+        """Items were taken from ``taken`` by this thread since the replica's thread last looked."""
+        self._outputs = outputs
+        self._counters = counters
+        self._flush = flush
+        self._armed = False
+        self._idle = False
+        self._stopping = False
+        self._error: BaseException | None = None
+        self.start()
+
+    def arm(self, watch: bool) -> None:
+        """The replica's thread goes into the generator (without holding the lock).
+
+        Only if ``watch``: something could become due meanwhile (a batch is
+        pending, or the generator is asked for more than one item). Else this
+        thread sleeps, so a slow source costs no wake-ups.
+        """
+        with self.lock:
+            self._raise_error()
+            self._armed = watch
+            if watch and self._idle:
+                self.lock.notify()
+
+    def disarm(self) -> None:
+        """The replica's thread is back (holding the lock)."""
+        self._armed = False
+        self._raise_error()
+
+    def stop(self) -> None:
+        with self.lock:
+            self._stopping = True
+            self.lock.notify()
+        self.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def run(self) -> None:
+        outputs, taken, lock = self._outputs, self.taken, self.lock
+        with lock:
+            while not self._stopping and self._error is None:
+                if not self._armed:
+                    self._idle = True
+                    lock.wait()
+                    self._idle = False
+                    continue
+                wait = outputs.deadline - time.monotonic()
+                if wait > 0:
+                    lock.wait(wait)
+                    continue
+                items = [taken.popleft() for _ in range(len(taken))]  # the generator may be appending
+                try:
+                    if items:
+                        self.took = True
+                        outputs.emit_many(items)
+                        self._counters.items_out += len(items)
+                    self._flush()
+                except BaseException as error:  # handed to the replica's thread
+                    self._error = error
 
 
 class _Failure(Exception):
@@ -184,41 +268,51 @@ class _Replica:
 
         A chunk is taken with ``islice``, so a fast source pays nothing per
         item here. Its size adapts so a chunk takes about half of ``_SLICE_S``
-        (up to a batch): partial batches still go out
-        ``linger_ms`` after the last flush. A source that takes ``_SLICE_S``
-        or more per item is slow: its items are sent at once, not held for a
-        batch. A source's busy time is its wall time less the time it was
-        blocked.
+        (up to a batch). A source that takes ``_SLICE_S`` or more per item is
+        slow: its items are sent at once, not held for a batch. Partial
+        batches go out ``linger_ms`` after the last flush, even while the
+        generator blocks (``_LateFlush``). A source's busy time is its wall
+        time less the time it was blocked.
         """
         outputs, counters = self.outputs, self.counters
-        emit_many = outputs.emit_many
         clock = time.monotonic
         started = clock()
         blocked = counters.blocked_s
         size, most = 1, outputs.chunk_items
+        late = _LateFlush(outputs, counters, self._flush_and_check)
+        taken = late.taken
         try:
             items = generated(operator.generate())
             while True:
-                began = clock()
-                chunk = list(islice(items, size))
-                if not chunk:
-                    break
-                now = clock()
-                taking = now - began
-                emit_many(chunk)
-                counters.items_out += len(chunk)
-                if taking >= _SLICE_S * len(chunk):
-                    size = 1
-                    self._flush_and_check()
-                else:
-                    size = min(size * 2, most) if taking < _SLICE_S / 2 else max(1, size // 2)
-                    if now >= outputs.deadline:
+                began, asked = clock(), size
+                late.arm(asked > 1 or outputs.has_pending())
+                taken.extend(islice(items, asked))  # the flusher may take items from the left meanwhile
+                with late.lock:
+                    late.disarm()
+                    chunk = list(taken)
+                    taken.clear()
+                    now = clock()
+                    taking = now - began
+                    if chunk:
+                        outputs.emit_many(chunk)
+                        counters.items_out += len(chunk)
+                    if taking >= _SLICE_S * max(1, len(chunk)):
+                        size = 1
                         self._flush_and_check()
-                counters.busy_s = now - started - (counters.blocked_s - blocked)
+                    else:
+                        size = min(size * 2, most) if taking < _SLICE_S / 2 else max(1, size // 2)
+                        if now >= outputs.deadline:
+                            self._flush_and_check()
+                    counters.busy_s = now - started - (counters.blocked_s - blocked)
+                    if len(chunk) < asked and not late.took:  # islice ran out: the source is done
+                        break
+                    late.took = False
         except (Stopped, SerializationError):
             raise
         except Exception as error:
             raise _Failure("generate", error) from error
+        finally:
+            late.stop()
         counters.busy_s = clock() - started - (counters.blocked_s - blocked)
 
     def _process(self, operator: Operator) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+import select
 import time
 
 from flowgraph import BufferSettings, Topology, broadcast, by_key, context, run
@@ -361,3 +363,32 @@ def test_shuffle_sends_most_items_to_the_replica_that_keeps_up(mode):
     slow, fast = (len(items) for items in result.by_replica("work"))
     assert slow + fast == 3000 and sorted(result["store"]) == list(range(3000))
     assert slow < 3000 // 4, (slow, fast)
+
+
+def test_items_reach_the_sink_while_the_source_blocks_after_yielding_them(tmp_path, mode):
+    """A source that waits for input must not hold back what it yielded: partial batches go out when due."""
+    acks = tmp_path / "acks"
+    os.mkfifo(acks)
+    topo = Topology("blocking-source")
+
+    @topo.source
+    def events():
+        fd = os.open(acks, os.O_RDWR)  # never blocks on a FIFO; the sink writes one byte per item
+        try:
+            for n in range(5):
+                yield from range(10 * n, 10 * n + 10)  # ten at once: they share a batch
+                if not select.select([fd], [], [], 30)[0]:
+                    raise TimeoutError(f"items {10 * n}..{10 * n + 9} did not reach the sink in 30 s")
+                os.read(fd, 10)
+        finally:
+            os.close(fd)
+
+    topo.node(lambda n: n, inputs=events, name="relay")
+
+    @topo.sink(inputs="relay")
+    def acknowledge(n):
+        if n % 10 == 9:
+            with open(acks, "w") as fifo:
+                fifo.write("0123456789")
+
+    assert sorted(run_and_collect(topo, mode=mode)["acknowledge"]) == list(range(50))
