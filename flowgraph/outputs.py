@@ -366,10 +366,11 @@ class Outputs:
         counters.edges = {edge.plan.name: edge.stats for edge in self.edges}
         if len(self.edges) == 1:
             self.emit_many = self.edges[0].add_many  # type: ignore[method-assign]  # one call less per batch
-        self._linger_s = min((edge.plan.buffers.linger_ms for edge in self.edges), default=5.0) / 1000
+        self.linger_s = min((edge.plan.buffers.linger_ms for edge in self.edges), default=5.0) / 1000
+        """Partial batches are due this long after the last flush (the smallest ``linger_ms`` of the edges)."""
         self.chunk_items = min((edge.plan.buffers.batch_items for edge in self.edges), default=1)
         """How many items a source gathers before handing them on: at most one batch of any edge."""
-        self.deadline = time.monotonic() + self._linger_s
+        self.deadline = time.monotonic() + self.linger_s
         """When partial batches are due: ``linger_ms`` after the last flush."""
 
     @property
@@ -405,7 +406,7 @@ class Outputs:
         """Send every partial batch; the next flush is due ``linger_ms`` from now."""
         for edge in self.edges:
             edge.flush()
-        self.deadline = time.monotonic() + self._linger_s
+        self.deadline = time.monotonic() + self.linger_s
 
     def has_pending(self) -> bool:
         """True if items wait in a batch of some edge not sent yet."""

@@ -41,6 +41,8 @@ _SLICE_S = 0.001
 """A node works through its input in slices of about this long between checks for due batches."""
 _MAX_SLICE = 1024
 _NONE = type(None)
+_LATE_SLACK_S = 0.05
+"""While a source keeps flushing by itself, its flusher looks up to this much later than the deadline."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,12 @@ class _LateFlush(threading.Thread):
     The generator runs in the replica's thread, which may stay in it as long
     as the source likes; items it yielded before must not wait with it. The
     replica's thread collects a chunk into ``taken`` and, while it does so
-    (armed), this thread wakes at each ``linger_ms`` deadline and, if the
-    deadline passed, takes the items collected so far and flushes them with
-    whatever batches are pending. Everything that touches the outputs holds
+    (armed), this thread wakes ``linger_ms`` after the deadline (the
+    replica's thread, when not blocked, flushes within half a millisecond of
+    it) and, if nothing was flushed meanwhile, takes the items collected so
+    far and flushes them with whatever batches are pending. While the
+    replica's thread keeps flushing by itself (a busy source), this thread
+    looks less and less often, up to ``_LATE_SLACK_S`` after the deadline. Everything that touches the outputs holds
     ``lock``; a mutex also gives ZeroMQ sockets the memory barrier they need
     to be used by two threads in turn. What goes wrong here (a stop, an
     unencodable item) is raised in the replica's thread at its next chunk.
@@ -118,17 +123,23 @@ class _LateFlush(threading.Thread):
 
     def run(self) -> None:
         outputs, taken, lock = self._outputs, self.taken, self.lock
+        least = outputs.linger_s  # the replica's thread flushes within a chunk of the deadline: leave it time
+        slack, waited = least, False
         with lock:
             while not self._stopping and self._error is None:
                 if not self._armed:
                     self._idle = True
                     lock.wait()
-                    self._idle = False
+                    self._idle, slack, waited = False, least, False
                     continue
-                wait = outputs.deadline - time.monotonic()
+                wait = outputs.deadline + slack - time.monotonic()
                 if wait > 0:
+                    if waited:  # the replica's thread flushed meanwhile: it keeps up, look less often
+                        slack = min(2 * slack, _LATE_SLACK_S)
+                    waited = True
                     lock.wait(wait)
                     continue
+                slack, waited = least, False
                 items = [taken.popleft() for _ in range(len(taken))]  # the generator may be appending
                 try:
                     if items:
