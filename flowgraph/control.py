@@ -39,6 +39,8 @@ from .security import Curve
 log = logging.getLogger(__name__)
 
 REGISTER_TIMEOUT_S = 60.0
+LAST_WORDS_S = 0.5
+"""How long a replica that ended without being done may take to deliver its error message."""
 _PHASES = {
     "setup": "setup()", "process": "process()", "generate": "generate()", "finish": "finish()",
     "teardown": "teardown()", "load": "loading its code", "receive": "receiving data",
@@ -176,7 +178,20 @@ class Coordinator:
             if ended.replica in self._done:
                 log.warning("%s %s after it was done", ended.replica, ended.description)
                 continue
+            self._await_last_words()
             raise self._failure(ended.replica, _died(ended), signal_name=ended.signal_name)
+
+    def _await_last_words(self) -> None:
+        """Handle what arrives for ``LAST_WORDS_S``: a replica that failed may end before its error arrives.
+
+        Its error message travels through its agent's socket, which delivers
+        after the replica's thread or process is gone; the error (raised
+        here) names the cause, where the exit alone would only say it died.
+        """
+        deadline = time.monotonic() + LAST_WORDS_S
+        while (left := deadline - time.monotonic()) > 0:
+            if self._socket.poll(max(1, int(left * 1000))):
+                self._handle(self._socket.recv_multipart())
 
     def _check_heartbeats(self, now: float) -> None:
         timeout = self._backend.heartbeat_timeout_s
