@@ -148,7 +148,24 @@ class _Edge:
 
 
 class _PushEdge(_Edge):
-    """shuffle and by_key: one PUSH socket per consumer replica."""
+    """shuffle and by_key: one PUSH socket and one pending batch per consumer replica."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
+
+    def _send_batch(self, consumer: int, items: list[Any]) -> None:
+        """Send the batch of ``consumer`` (the grouping decides to which socket)."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        for consumer, batch in enumerate(self._pending):
+            if batch:
+                self._pending[consumer] = []
+                self._send_batch(consumer, batch)
+
+    def has_pending(self) -> bool:
+        return any(self._pending)
 
     def open(self, context: zmq.Context, connects: Sequence[ConnectPlan],
              address_book: Mapping[str, Mapping[str, str]]) -> None:
@@ -176,7 +193,6 @@ class _ShuffleEdge(_PushEdge):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
         self._turn = 0
         self._poller = zmq.Poller()
 
@@ -199,19 +215,11 @@ class _ShuffleEdge(_PushEdge):
         for consumer, batch in enumerate(pending):
             while len(batch) >= self._limit:
                 limit = self._limit
-                self._send_to_one_with_room(consumer, batch[:limit])
+                self._send_batch(consumer, batch[:limit])
                 del batch[:limit]
 
-    def flush(self) -> None:
-        for consumer, batch in enumerate(self._pending):
-            if batch:
-                self._pending[consumer] = []
-                self._send_to_one_with_room(consumer, batch)
-
-    def has_pending(self) -> bool:
-        return any(self._pending)
-
-    def _send_to_one_with_room(self, preferred: int, items: list[Any]) -> None:
+    def _send_batch(self, preferred: int, items: list[Any]) -> None:
+        """Send to consumer ``preferred`` if it has room, else to the next one that has."""
         payload = self._encode(items)
         count = len(self.sockets)
         started = None
@@ -241,7 +249,6 @@ class _KeyedEdge(_PushEdge):
         super().__init__(*args)
         key = self.plan.grouping.key
         self._key: Callable[[Any], Any] = key if callable(key) else operator.itemgetter(key)
-        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
         self._replica_of: dict[Any, int] = {}
 
     def add_many(self, items: list[Any]) -> None:
@@ -263,15 +270,6 @@ class _KeyedEdge(_PushEdge):
             if len(batch) >= self._limit:
                 pending[consumer] = []
                 self._send_batch(consumer, batch)
-
-    def flush(self) -> None:
-        for consumer, batch in enumerate(self._pending):
-            if batch:
-                self._pending[consumer] = []
-                self._send_batch(consumer, batch)
-
-    def has_pending(self) -> bool:
-        return any(self._pending)
 
     def _send_batch(self, consumer: int, items: list[Any]) -> None:
         frames = self._frames(consumer, wire.Kind.BATCH, items)

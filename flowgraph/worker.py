@@ -10,15 +10,15 @@ traceback (user frames only) and the item being processed.
 from __future__ import annotations
 
 import logging
-import threading
 import os
+import threading
 import time
 import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
 from itertools import islice
 from operator import length_hint
 from types import GeneratorType
-from collections import deque
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,9 +71,10 @@ class _LateFlush(threading.Thread):
     it) and, if nothing was flushed meanwhile, takes the items collected so
     far and flushes them with whatever batches are pending. While the
     replica's thread keeps flushing by itself (a busy source), this thread
-    looks less and less often, up to ``_LATE_SLACK_S`` after the deadline. Everything that touches the outputs holds
-    ``lock``; a mutex also gives ZeroMQ sockets the memory barrier they need
-    to be used by two threads in turn. What goes wrong here (a stop, an
+    looks less and less often, up to ``_LATE_SLACK_S`` after the deadline.
+    Everything that touches the outputs holds ``lock``; a mutex also gives
+    ZeroMQ sockets the memory barrier they need to be used by two threads in
+    turn. What goes wrong here (a stop, an
     unencodable item) is raised in the replica's thread at its next chunk.
     """
 

@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -133,6 +134,17 @@ SLOW_TOPOLOGY = """
             time.sleep(0.001)
 """
 """Five replicas that run until stopped; the sink prints a line (with its pid) once items flow."""
+
+
+def drive_sink(sink: Any, items: list[Any]) -> None:
+    """Run a sink object through its whole life in this process: setup, process each item, finish, teardown."""
+    sink.setup()
+    try:
+        for item in items:
+            sink.process(item)
+        sink.finish()
+    finally:
+        sink.teardown()
 
 
 def write_topology(directory: Path, source: str, name: str = "topo.py") -> Path:

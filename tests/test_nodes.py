@@ -33,6 +33,7 @@ import nodes.http
 from flowgraph import Topology
 from flowgraph.context import Context, set_context
 from flowgraph.testing import run_and_collect
+from helpers import drive_sink
 from nodes.http import MAX_REDIRECTS, Fetch, FetchError, HTTPStatusError
 from nodes.sqlite import SQLiteStore, count_rows
 from nodes.text import ENGLISH_STOPWORDS, AnalyzePage, parse_html, tokenize, top_words, word_counts
@@ -734,14 +735,6 @@ def _select(path: Path, sql: str) -> list[tuple[Any, ...]]:
         connection.close()
 
 
-def _store_all(store: SQLiteStore, rows: list[dict[str, Any]]) -> None:
-    store.setup()
-    try:
-        for row in rows:
-            store.process(row)
-        store.finish()
-    finally:
-        store.teardown()
 
 
 @pytest.fixture
@@ -761,7 +754,7 @@ def test_sqlite_store_creates_the_table_from_the_first_row_with_inferred_types(t
     path = tmp_path / "pages.db"
     row = {"url": "u", "status": 200, "score": 0.5, "raw": b"\x00", "ok": True, "tags": ["a"], "meta": {}, "note": None}
 
-    _store_all(SQLiteStore(path, "pages"), [row])
+    drive_sink(SQLiteStore(path, "pages"), [row])
 
     assert _column_types(path, "pages") == {
         "url": "TEXT", "status": "INTEGER", "score": "REAL", "raw": "BLOB",
@@ -773,7 +766,7 @@ def test_sqlite_store_creates_the_table_from_the_first_row_with_inferred_types(t
 def test_sqlite_store_keeps_integers_in_a_column_whose_first_value_was_none(tmp_path):
     path = tmp_path / "pages.db"
 
-    _store_all(SQLiteStore(path, "pages"), [{"status": None}, {"status": 200}])
+    drive_sink(SQLiteStore(path, "pages"), [{"status": None}, {"status": 200}])
 
     assert _select(path, "SELECT typeof(status) FROM pages") == [("null",), ("integer",)]
 
@@ -782,7 +775,7 @@ def test_sqlite_store_creates_the_table_from_a_given_schema(tmp_path):
     path = tmp_path / "pages.db"
     schema = {"url": "TEXT PRIMARY KEY", "words": "INTEGER NOT NULL", "title": "TEXT"}
 
-    _store_all(SQLiteStore(path, "pages", schema=schema), [{"words": 3, "url": "u"}])
+    drive_sink(SQLiteStore(path, "pages", schema=schema), [{"words": 3, "url": "u"}])
 
     assert _column_types(path, "pages") == {"url": "TEXT", "words": "INTEGER", "title": "TEXT"}
     assert _select(path, "SELECT url, words, title FROM pages") == [("u", 3, None)]
@@ -808,7 +801,7 @@ def test_sqlite_store_commits_every_batch_rows_rows_and_the_rest_in_finish(tmp_p
 def test_sqlite_store_stores_lists_and_dicts_as_json(tmp_path):
     path = tmp_path / "pages.db"
 
-    _store_all(SQLiteStore(path, "pages"), [{"top_words": [["heron", 3]], "meta": {"é": 1}}])
+    drive_sink(SQLiteStore(path, "pages"), [{"top_words": [["heron", 3]], "meta": {"é": 1}}])
 
     assert _select(path, "SELECT top_words, meta FROM pages") == [('[["heron", 3]]', '{"é": 1}')]
 
@@ -832,7 +825,7 @@ def test_sqlite_store_rejects_a_key_that_is_not_a_column(tmp_path):
 def test_sqlite_store_stores_a_missing_key_as_null(tmp_path):
     path = tmp_path / "pages.db"
 
-    _store_all(SQLiteStore(path, "pages"), [{"url": "a", "title": "A"}, {"url": "b"}])
+    drive_sink(SQLiteStore(path, "pages"), [{"url": "a", "title": "A"}, {"url": "b"}])
 
     assert _select(path, "SELECT url, title FROM pages") == [("a", "A"), ("b", None)]
 
@@ -840,7 +833,7 @@ def test_sqlite_store_stores_a_missing_key_as_null(tmp_path):
 def test_sqlite_store_with_columns_stores_only_those_keys(tmp_path):
     path = tmp_path / "pages.db"
 
-    _store_all(SQLiteStore(path, "pages", columns=["url", "words"]), [{"words": 4, "body": "<p>..", "url": "u"}])
+    drive_sink(SQLiteStore(path, "pages", columns=["url", "words"]), [{"words": 4, "body": "<p>..", "url": "u"}])
 
     assert _select(path, "SELECT * FROM pages") == [("u", 4)]
 
@@ -910,7 +903,7 @@ def test_sqlite_store_resolves_a_relative_path_at_setup_and_creates_parent_direc
     monkeypatch.chdir(tmp_path)
     store = SQLiteStore("out/crawl/pages.db", "pages")
 
-    _store_all(store, [{"url": "u"}])
+    drive_sink(store, [{"url": "u"}])
 
     assert store.path == str(tmp_path / "out" / "crawl" / "pages.db")
     assert count_rows(store.path, "pages") == 1
@@ -921,7 +914,7 @@ def test_sqlite_store_with_path_none_uses_the_db_run_parameter(tmp_path, monkeyp
     run_params(db="from-params.db")
     store = SQLiteStore(None, "pages")
 
-    _store_all(store, [{"url": "u"}])
+    drive_sink(store, [{"url": "u"}])
 
     assert store.path == str(tmp_path / "from-params.db")
     assert count_rows(store.path, "pages") == 1

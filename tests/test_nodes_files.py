@@ -22,6 +22,7 @@ import pytest
 from flowgraph import RunFailed, Topology
 from flowgraph.context import Context, set_context
 from flowgraph.testing import run_and_collect
+from helpers import drive_sink
 from nodes.files import FLUSH_LINES, ReadFiles, ReadJsonLines, ReadLines, WriteJsonLines
 
 HINT = "paths are read on the replica's host, relative to its current directory"
@@ -414,20 +415,12 @@ def test_read_files_in_a_run_yields_one_item_per_file(tmp_path, mode):
 # --- WriteJsonLines ---------------------------------------------------------------
 
 
-def _write_all(sink: WriteJsonLines, items: list[Any]) -> None:
-    sink.setup()
-    try:
-        for item in items:
-            sink.process(item)
-        sink.finish()
-    finally:
-        sink.teardown()
 
 
 def test_write_json_lines_writes_one_json_line_per_item(tmp_path, as_replica):
     items = [{"word": "café", "count": 2}, ["a", 1], "text with\nnewline", None, 3.5]
 
-    _write_all(WriteJsonLines(tmp_path / "out.jsonl"), items)
+    drive_sink(WriteJsonLines(tmp_path / "out.jsonl"), items)
 
     assert (tmp_path / "out-0.jsonl").read_text(encoding="utf-8").splitlines()[0] == '{"word": "café", "count": 2}'
     assert _json_lines(tmp_path / "out-0.jsonl") == items
@@ -436,7 +429,7 @@ def test_write_json_lines_writes_one_json_line_per_item(tmp_path, as_replica):
 def test_write_json_lines_per_replica_puts_the_replica_before_the_suffix(tmp_path, as_replica):
     for replica in range(2):
         as_replica(replica, 2)
-        _write_all(WriteJsonLines(tmp_path / "words.jsonl"), [{"replica": replica}])
+        drive_sink(WriteJsonLines(tmp_path / "words.jsonl"), [{"replica": replica}])
 
     assert sorted(os.listdir(tmp_path)) == ["words-0.jsonl", "words-1.jsonl"]
     assert _json_lines(tmp_path / "words-1.jsonl") == [{"replica": 1}]
@@ -446,7 +439,7 @@ def test_write_json_lines_per_replica_fills_in_a_replica_placeholder(tmp_path, a
     as_replica(3, 4)
     sink = WriteJsonLines(str(tmp_path / "part-{replica}" / "words.jsonl"))
 
-    _write_all(sink, [1])
+    drive_sink(sink, [1])
 
     assert sink.path == str(tmp_path / "part-3" / "words.jsonl")
     assert _json_lines(tmp_path / "part-3" / "words.jsonl") == [1]
@@ -455,7 +448,7 @@ def test_write_json_lines_per_replica_fills_in_a_replica_placeholder(tmp_path, a
 def test_write_json_lines_per_replica_replaces_an_older_file(tmp_path, as_replica):
     _write(tmp_path / "out-0.jsonl", '"old"\n')
 
-    _write_all(WriteJsonLines(tmp_path / "out.jsonl"), ["new"])
+    drive_sink(WriteJsonLines(tmp_path / "out.jsonl"), ["new"])
 
     assert _json_lines(tmp_path / "out-0.jsonl") == ["new"]
 
@@ -464,7 +457,7 @@ def test_write_json_lines_shared_appends_to_the_one_file(tmp_path, as_replica):
     path = _write(tmp_path / "out.jsonl", '"old"\n')
     for replica in range(2):
         as_replica(replica, 2)
-        _write_all(WriteJsonLines(path, per_replica=False), [replica])
+        drive_sink(WriteJsonLines(path, per_replica=False), [replica])
 
     assert _json_lines(path) == ["old", 0, 1]
 
@@ -494,7 +487,7 @@ def test_write_json_lines_resolves_a_relative_path_at_setup_and_creates_parent_d
     monkeypatch.chdir(tmp_path)
     sink = WriteJsonLines("out/deep/words.jsonl", per_replica=False)
 
-    _write_all(sink, [{"n": 1}])
+    drive_sink(sink, [{"n": 1}])
 
     assert sink.path == str(tmp_path / "out" / "deep" / "words.jsonl")
     assert _json_lines(Path(sink.path)) == [{"n": 1}]
@@ -505,7 +498,7 @@ def test_write_json_lines_with_path_none_uses_the_out_run_parameter(tmp_path, mo
     as_replica(out="from-params.jsonl")
     sink = WriteJsonLines(None)
 
-    _write_all(sink, ["x"])
+    drive_sink(sink, ["x"])
 
     assert sink.path == str(tmp_path / "from-params-0.jsonl")
 
