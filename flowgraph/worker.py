@@ -40,6 +40,7 @@ _ITEM_REPR_CHARS = 200
 _SLICE_S = 0.001
 """A node works through its input in slices of about this long between checks for due batches."""
 _MAX_SLICE = 1024
+_IDLE_WAIT_MS = 1000
 _NONE = type(None)
 _LATE_SLACK_S = 0.05
 """While a source keeps flushing by itself, its flusher looks up to this much later than the deadline."""
@@ -65,17 +66,19 @@ class _LateFlush(threading.Thread):
 
     The generator runs in the replica's thread, which may stay in it as long
     as the source likes; items it yielded before must not wait with it. The
-    replica's thread collects a chunk into ``taken`` and, while it does so
-    (armed), this thread wakes ``linger_ms`` after the deadline (the
+    replica's thread collects a chunk into ``taken``; while it watches (see
+    ``arm``), this thread wakes ``linger_ms`` after the deadline (the
     replica's thread, when not blocked, flushes within half a millisecond of
-    it) and, if nothing was flushed meanwhile, takes the items collected so
-    far and flushes them with whatever batches are pending. While the
-    replica's thread keeps flushing by itself (a busy source), this thread
-    looks less and less often, up to ``_LATE_SLACK_S`` after the deadline.
+    it) and, if the replica's thread is still in the generator and nothing
+    was flushed meanwhile, takes the items collected so far and flushes them
+    with whatever batches are pending. While the replica's thread keeps
+    flushing by itself (a busy source), this thread looks less and less
+    often, up to ``_LATE_SLACK_S`` after the deadline; it is not woken per
+    chunk, which would cost the busy source a GIL hand-over each time.
     Everything that touches the outputs holds ``lock``; a mutex also gives
     ZeroMQ sockets the memory barrier they need to be used by two threads in
-    turn. What goes wrong here (a stop, an
-    unencodable item) is raised in the replica's thread at its next chunk.
+    turn. What goes wrong here (a stop, an unencodable item) is raised in the
+    replica's thread at its next chunk.
     """
 
     def __init__(self, outputs: Outputs, counters: Counters, flush: Callable[[], None]) -> None:
@@ -87,7 +90,9 @@ class _LateFlush(threading.Thread):
         self._outputs = outputs
         self._counters = counters
         self._flush = flush
-        self._armed = False
+        self._watch = False
+        self._inside = False
+        """The replica's thread is in the generator (or about to go in)."""
         self._idle = False
         self._stopping = False
         self._error: BaseException | None = None
@@ -96,19 +101,21 @@ class _LateFlush(threading.Thread):
     def arm(self, watch: bool) -> None:
         """The replica's thread goes into the generator (without holding the lock).
 
-        Only if ``watch``: something could become due meanwhile (a batch is
-        pending, or the generator is asked for more than one item). Else this
+        ``watch``: something could become due meanwhile (a batch is pending,
+        or the generator is asked for more than one item). Until a chunk is
+        taken without it, this thread keeps looking; without it, this
         thread sleeps, so a slow source costs no wake-ups.
         """
         with self.lock:
             self._raise_error()
-            self._armed = watch
+            self._inside = True
+            self._watch = watch
             if watch and self._idle:
                 self.lock.notify()
 
     def disarm(self) -> None:
         """The replica's thread is back (holding the lock)."""
-        self._armed = False
+        self._inside = False
         self._raise_error()
 
     def stop(self) -> None:
@@ -128,17 +135,17 @@ class _LateFlush(threading.Thread):
         slack, waited = least, False
         with lock:
             while not self._stopping and self._error is None:
-                if not self._armed:
+                if not self._watch:
                     self._idle = True
                     lock.wait()
                     self._idle, slack, waited = False, least, False
                     continue
                 wait = outputs.deadline + slack - time.monotonic()
-                if wait > 0:
-                    if waited:  # the replica's thread flushed meanwhile: it keeps up, look less often
+                if wait > 0 or not self._inside:
+                    if waited:  # the replica's thread flushed meanwhile, or is about to: it keeps up
                         slack = min(2 * slack, _LATE_SLACK_S)
                     waited = True
-                    lock.wait(wait)
+                    lock.wait(wait if wait > 0 else slack)
                     continue
                 slack, waited = least, False
                 items = [taken.popleft() for _ in range(len(taken))]  # the generator may be appending
@@ -342,13 +349,14 @@ class _Replica:
         while True:
             try:
                 batch = inputs.receive()
+                if batch is None:
+                    if inputs.is_done:
+                        return
+                    outputs.flush()
+                    batch = inputs.receive(wait_ms=_IDLE_WAIT_MS)
             except ProtocolError as error:
                 raise _Failure("receive", error) from error
             if batch is None:
-                if inputs.is_done:
-                    return
-                outputs.flush()
-                inputs.wait()
                 continue
             upstream, items = batch
             self.context.input = upstream
@@ -442,8 +450,8 @@ def _run(operator: Operator, chunk: list[Any], keep: bool) -> list[Any]:
     except Exception as error:
         failed = len(chunk) - length_hint(items) - 1
         raise _Failure("process", error, chunk[failed], has_item=True) from error
-    if not keep:
-        if GeneratorType in map(type, results):  # a sink that returned a generator: run it
+    if not keep:  # a sink: only a returned generator matters (run it); most return None, counted at C speed
+        if results.count(None) != len(results) and GeneratorType in map(type, results):
             _expand(results, chunk)
         return []
     kinds = set(map(type, results))  # one pass in C for both checks

@@ -4,7 +4,8 @@ Run with ``bin/bench`` (``--quick`` for a smoke run, ``--json`` for machine-read
 output, ``--hosts h1,h2,h3 --ssh-config FILE`` to add runs over hosts). Every figure
 comes from whole command invocations; throughput is the marginal rate
 (N_big - N_small) / (t_big - t_small), best of ``--repeat``, so startup is measured on
-its own and not hidden in the rate. The machine is noisy: compare ratios within one run.
+its own and not hidden in the rate. The machine is noisy: compare ratios within one run,
+where the runs of compared pipelines are taken in turns.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -70,11 +72,22 @@ def baseline(kind: str, *args: object) -> Run:
     return timed([sys.executable, str(BASELINES), kind, *map(str, args)])
 
 
-def marginal(make, small: int, big: int, repeat: int) -> float:
-    """Items per second between a small and a big run, from the best time of each over ``repeat`` runs."""
-    t_small = min(make(small).seconds for _ in range(repeat))
-    t_big = min(make(big).seconds for _ in range(repeat))
-    return (big - small) / (t_big - t_small) if t_big > t_small else float("nan")
+def side_by_side(pipelines: dict[str, tuple[Any, int, int]], repeat: int) -> dict[str, float]:
+    """Marginal rates of several pipelines, {name: (make, small, big)}, their runs taken in turns.
+
+    The machine's speed drifts over minutes; running the pipelines in turns
+    lets a drift hit all of them alike, so their ratios hold.
+    """
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in pipelines}
+    for _ in range(repeat):
+        for name, (make, small, big) in pipelines.items():
+            times[name][0].append(make(small).seconds)
+            times[name][1].append(make(big).seconds)
+    rates = {}
+    for name, (_, small, big) in pipelines.items():
+        t_small, t_big = min(times[name][0]), min(times[name][1])
+        rates[name] = (big - small) / (t_big - t_small) if t_big > t_small else float("nan")
+    return rates
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
@@ -93,16 +106,18 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         return value
 
     # Small dicts through source -> map -> sink.
-    local = record("flowgraph_items_per_s", marginal(
-        lambda n: flowgraph("small_dicts", count=n), small, big, repeat))
-    record("flowgraph_inproc_items_per_s", marginal(
-        lambda n: flowgraph("small_dicts", "--inproc", count=n), small, big, repeat))
-    batched = record("pyzmq_batched_items_per_s", marginal(
-        lambda n: baseline("zmq-batched", n), small, big, repeat))
-    per_item = record("pyzmq_per_item_items_per_s", marginal(
-        lambda n: baseline("zmq-items", n), small, big // 4, repeat))
-    queue = record("mp_queue_items_per_s", marginal(
-        lambda n: baseline("mp-queue", n), small // 2, big // 10, repeat))
+    rates = side_by_side({
+        "local": (lambda n: flowgraph("small_dicts", count=n), small, big),
+        "inproc": (lambda n: flowgraph("small_dicts", "--inproc", count=n), small, big),
+        "batched": (lambda n: baseline("zmq-batched", n), small, big),
+        "per_item": (lambda n: baseline("zmq-items", n), small, big // 4),
+        "queue": (lambda n: baseline("mp-queue", n), small // 2, big // 10),
+    }, repeat)
+    local = record("flowgraph_items_per_s", rates["local"])
+    record("flowgraph_inproc_items_per_s", rates["inproc"])
+    batched = record("pyzmq_batched_items_per_s", rates["batched"])
+    per_item = record("pyzmq_per_item_items_per_s", rates["per_item"])
+    queue = record("mp_queue_items_per_s", rates["queue"])
     record("ratio_to_pyzmq_batched", local / batched, 2)
     record("ratio_to_pyzmq_per_item", local / per_item, 2)
     record("ratio_to_mp_queue", local / queue, 2)
@@ -110,24 +125,27 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     # 1 MiB items.
     size = 1 << 20
     count_small, count_big = (20, 200) if quick else (200, 4000)
-    big_rate = marginal(lambda n: flowgraph("big_items", count=n, size=size), count_small, count_big, repeat)
-    raw_rate = marginal(lambda n: baseline("zmq-bytes", n, size), count_small, count_big, repeat)
-    record("flowgraph_1mib_mb_per_s", big_rate * size / 1e6)
-    record("pyzmq_zero_copy_1mib_mb_per_s", raw_rate * size / 1e6)
-    record("ratio_1mib_to_pyzmq_zero_copy", big_rate / raw_rate, 2)
+    rates = side_by_side({
+        "flowgraph": (lambda n: flowgraph("big_items", count=n, size=size), count_small, count_big),
+        "raw": (lambda n: baseline("zmq-bytes", n, size), count_small, count_big),
+    }, repeat)
+    record("flowgraph_1mib_mb_per_s", rates["flowgraph"] * size / 1e6)
+    record("pyzmq_zero_copy_1mib_mb_per_s", rates["raw"] * size / 1e6)
+    record("ratio_1mib_to_pyzmq_zero_copy", rates["flowgraph"] / rates["raw"], 2)
 
-    # Latency at a low rate (the run with the best p99 of ``repeat``), beside hand-written pyzmq.
+    # Latency at a low rate (the run with the best p99 of ``repeat``), beside hand-written pyzmq, in turns.
     count = 200 if quick else 2500
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory) / "latency.json"
-        runs = []
+        ours, theirs = [], []
         for _ in range(repeat):
             flowgraph("latency", rate=500, count=count, out=out)
-            runs.append(json.loads(out.read_text()))
-        latency = min(runs, key=lambda figures: figures["p99_ms"])
-    raw = min((json.loads(subprocess.run([sys.executable, str(BASELINES), "zmq-latency", str(count), "500"],
-                                         check=True, capture_output=True, text=True, timeout=300).stdout)
-               for _ in range(repeat)), key=lambda figures: figures["p99_ms"])
+            ours.append(json.loads(out.read_text()))
+            theirs.append(json.loads(subprocess.run(
+                [sys.executable, str(BASELINES), "zmq-latency", str(count), "500"],
+                check=True, capture_output=True, text=True, timeout=300).stdout))
+    latency = min(ours, key=lambda figures: figures["p99_ms"])
+    raw = min(theirs, key=lambda figures: figures["p99_ms"])
     record("latency_p50_ms_at_500_per_s", latency["p50_ms"], 3)
     record("latency_p99_ms_at_500_per_s", latency["p99_ms"], 3)
     record("pyzmq_latency_p50_ms_at_500_per_s", raw["p50_ms"], 3)
@@ -144,9 +162,11 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 
     # Scaling a CPU-bound map over two replicas: marginal rates, so startup does not dilute the ratio.
     work, (few, many) = (200, (200, 1_000)) if quick else (20_000, (400, 4_000))
-    one = marginal(lambda n: flowgraph("cpu_p1", count=n, work=work), few, many, repeat)
-    two = marginal(lambda n: flowgraph("cpu_p2", count=n, work=work), few, many, repeat)
-    record("scaling_parallelism_2_vs_1", two / one, 2)
+    rates = side_by_side({
+        "one": (lambda n: flowgraph("cpu_p1", count=n, work=work), few, many),
+        "two": (lambda n: flowgraph("cpu_p2", count=n, work=work), few, many),
+    }, repeat)
+    record("scaling_parallelism_2_vs_1", rates["two"] / rates["one"], 2)
 
     # Startup: 5 nodes, 8 replicas.
     with tempfile.TemporaryDirectory() as directory:
@@ -163,9 +183,12 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     if args.hosts:
         remote = ["--hosts", args.hosts, "--remote-python", sys.executable,
                   *(["--ssh-config", args.ssh_config] if args.ssh_config else [])]
-        hosts_rate = marginal(lambda n: flowgraph("small_dicts", *remote, count=n), small, big, repeat)
-        record("hosts_flowgraph_items_per_s", hosts_rate)
-        record("hosts_ratio_to_local", hosts_rate / local, 2)
+        rates = side_by_side({
+            "hosts": (lambda n: flowgraph("small_dicts", *remote, count=n), small, big),
+            "local": (lambda n: flowgraph("small_dicts", count=n), small, big),
+        }, repeat)
+        record("hosts_flowgraph_items_per_s", rates["hosts"])
+        record("hosts_ratio_to_local", rates["hosts"] / rates["local"], 2)
         six_local = min((flowgraph("six_replicas") for _ in range(repeat)), key=lambda r: r.seconds)
         six_hosts = min((flowgraph("six_replicas", *remote) for _ in range(repeat)), key=lambda r: r.seconds)
         record("local_six_replicas_startup_s", six_local.startup_s or 0.0, 3)
