@@ -213,7 +213,7 @@ class Inputs:
         rejected messages are consumed on the way.
         """
         batch = self._take_ready()
-        if batch is not None or not wait_ms:
+        if batch is not None or not wait_ms or self.is_done:  # the last end of stream may just have come
             return batch
         if len(self._sockets) == 1:
             frames = self._recv_waiting(self._sockets[0], wait_ms)
