@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -170,6 +169,8 @@ class Inputs:
             # they are a few bytes each, so never limit them.
             self._sub.sndhwm = 0
         self._sockets = [s for s in (self._pull, self._sub) if s is not None]
+        for socket in self._sockets:
+            socket.rcvtimeo = _STOP_CHECK_MS  # only a waiting receive blocks (see _recv_waiting)
         self._poller = zmq.Poller()
         for socket in [*self._sockets, control.socket]:
             self._poller.register(socket, zmq.POLLIN)
@@ -239,18 +240,15 @@ class Inputs:
     def _recv_waiting(self, socket: zmq.Socket, wait_ms: int) -> list[zmq.Frame] | None:
         """A message from ``socket``, waiting in ``recv`` itself (a poll first costs tens of µs a hop).
 
-        The wait is cut into ``_STOP_CHECK_MS`` pieces, between which the
-        control pipe is checked for a stop request.
+        The wait is cut into ``_STOP_CHECK_MS`` pieces (the socket's receive
+        timeout), between which the control pipe is checked for a stop request.
         """
-        deadline = time.monotonic() + wait_ms / 1000
-        socket.rcvtimeo = min(wait_ms, _STOP_CHECK_MS)
-        while True:
+        for _ in range(max(1, wait_ms // _STOP_CHECK_MS)):
             try:
                 return _recv_frames(socket, 0)
             except zmq.Again:
                 self._control.raise_if_stopped()
-                if time.monotonic() >= deadline:
-                    return None
+        return None
 
     def close(self) -> None:
         """Close without linger: a SUB would otherwise hold its subscriptions for closed peers."""
