@@ -206,27 +206,11 @@ class Inputs:
         self._sub.setsockopt(zmq.SUBSCRIBE, wire.topic(self._token))
         self._sub.setsockopt(zmq.SUBSCRIBE, identification(self._token, self._replica.index))
 
-    def receive(self, wait_ms: int = 0) -> tuple[str, list[Any]] | None:
-        """The next batch as (upstream node name, items), or None if none came.
+    def receive(self) -> tuple[str, list[Any]] | None:
+        """The next batch as (upstream node name, items), or None if none is waiting now.
 
-        With ``wait_ms``, waits up to about that long for a message first
-        (raises ``Stopped`` on a stop request). End-of-stream marks and
-        rejected messages are consumed on the way.
+        End-of-stream marks and rejected messages are consumed on the way.
         """
-        batch = self._take_ready()
-        if batch is not None or not wait_ms or self.is_done:  # the last end of stream may just have come
-            return batch
-        if len(self._sockets) == 1:
-            frames = self._recv_waiting(self._sockets[0], wait_ms)
-            if frames is not None:
-                return self._accept(frames) or self._take_ready()
-        else:
-            events = dict(self._poller.poll(wait_ms))
-            if self._control.socket in events:
-                self._control.raise_if_stopped()
-        return self._take_ready()
-
-    def _take_ready(self) -> tuple[str, list[Any]] | None:
         count = len(self._sockets)
         for _ in range(count):
             socket = self._sockets[self._turn]
@@ -236,6 +220,19 @@ class Inputs:
                 if batch is not None:
                     return batch
         return None
+
+    def wait_receive(self, wait_ms: int) -> tuple[str, list[Any]] | None:
+        """Like ``receive``, but first waits up to about ``wait_ms`` for a message; raises ``Stopped``.
+
+        Call it when ``receive`` gave None and ``is_done`` is still False.
+        """
+        if len(self._sockets) == 1:
+            frames = self._recv_waiting(self._sockets[0], wait_ms)
+            return None if frames is None else self._accept(frames)
+        events = dict(self._poller.poll(wait_ms))
+        if self._control.socket in events:
+            self._control.raise_if_stopped()
+        return self.receive()
 
     def _recv_waiting(self, socket: zmq.Socket, wait_ms: int) -> list[zmq.Frame] | None:
         """A message from ``socket``, waiting in ``recv`` itself (a poll first costs tens of µs a hop).

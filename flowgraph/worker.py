@@ -353,7 +353,7 @@ class _Replica:
                     if inputs.is_done:
                         return
                     outputs.flush()
-                    batch = inputs.receive(wait_ms=_IDLE_WAIT_MS)
+                    batch = inputs.wait_receive(_IDLE_WAIT_MS)
             except ProtocolError as error:
                 raise _Failure("receive", error) from error
             if batch is None:
