@@ -21,6 +21,8 @@ import zmq
 
 from . import serializers, wire
 from .dsl import GroupingKind
+from .counters import Counters
+from .credit import Grants
 from .plan import IN_SLOT, ConnectPlan, Plan, ReplicaPlan
 from .settings import BufferSettings
 from .security import Curve
@@ -35,6 +37,11 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 """Plain ints: pyzmq's enum flags cost a Python call per ``&``."""
 _STOP_CHECK_MS = 100
 """A replica waiting for input looks for a stop request at least this often."""
+
+
+def ready_to_read(socket: zmq.Socket) -> bool:
+    """True if a message waits on ``socket`` (ZMQ_EVENTS as plain ints: cheaper than a poll or zmq.Again)."""
+    return bool(socket.get(_EVENTS) & _POLLIN)  # type: ignore[operator]
 
 
 class Stopped(Exception):
@@ -141,10 +148,13 @@ class Inputs:
         token: bytes,
         control: ControlPipe,
         wiring: Wiring,
+        counters: Counters,
     ) -> None:
+        self._context = context
         self._token = token
         self._control = control
         self._wiring = wiring
+        self._grants = Grants(plan, replica, token, wiring, counters)
         self._names = {node.index: node.name for node in plan.nodes}
         self._producers = {
             (plan.node(edge.upstream).index, index)
@@ -193,12 +203,13 @@ class Inputs:
         return {IN_SLOT: self._wiring.bind(self._pull, f"{self._replica.id}/{IN_SLOT}")}
 
     def connect(self, address_book: Mapping[str, Mapping[str, str]]) -> None:
-        """Connect the SUB socket to every broadcasting producer and subscribe.
+        """Connect the credit sockets, and the SUB socket to every broadcasting producer and subscribe.
 
         The data topic is subscribed first, the identification topic after it:
         when a producer sees the identification, it has seen the data
         subscription too (they travel in order on one connection).
         """
+        self._grants.connect(self._context, address_book)
         if self._sub is None:
             return
         for connect in self._subscribed:
@@ -226,6 +237,7 @@ class Inputs:
 
         Call it when ``receive`` gave None and ``is_done`` is still False.
         """
+        self._grants.retry()
         if len(self._sockets) == 1:
             frames = self._recv_waiting(self._sockets[0], wait_ms)
             return None if frames is None else self._accept(frames)
@@ -251,12 +263,13 @@ class Inputs:
         """Close without linger: a SUB would otherwise hold its subscriptions for closed peers."""
         for socket in self._sockets:
             socket.close(linger=0)
+        self._grants.close()
 
     def _accept(self, frames: Sequence[zmq.Frame]) -> tuple[str, list[Any]] | None:
         header_frame, payload = wire.split(frames)
         header = wire.decode_header(self._token, header_frame)
         if header is None or (header.node, header.replica) not in self._producers or (
-                header.kind == wire.Kind.BATCH and not payload):
+                header.kind == wire.Kind.BATCH and not payload) or header.kind == wire.Kind.CREDIT:
             self._reject(frames)
             return None
         producer = (header.node, header.replica)
@@ -270,6 +283,7 @@ class Inputs:
         if header.kind == wire.Kind.EOS:
             self._ended.add(producer)
             return None
+        self._grants.received(producer, header.items)
         return upstream, serializers.decode_items(header.serializer, payload)
 
     def _reject(self, frames: Sequence[zmq.Frame]) -> None:

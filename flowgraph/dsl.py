@@ -50,7 +50,12 @@ class Grouping:
 
 
 def shuffle(**settings: Any) -> Grouping:
-    """Each item goes to one consumer replica, one with free buffer space (the default).
+    """Each item goes to one consumer replica, by demand (the default).
+
+    With several consumer replicas, each grants its producers credit for
+    about 20 ms of its measured work (``flowgraph.credit``) and gets no more,
+    so a slower replica gets fewer items; each still gets its items in the
+    order they were emitted.
 
     Keywords are this edge's own settings (``batch_items``, ``batch_bytes``,
     ``linger_ms``, ``hwm``, ``memory_budget_bytes``, ``serializer``; see

@@ -18,10 +18,10 @@ import zmq
 
 from . import serializers, wire
 from ._keys import replica_for_key
-from .channel import IDENT_MAGIC, SUBSCRIBE, ControlPipe, ProtocolError, Wiring
+from .channel import IDENT_MAGIC, SUBSCRIBE, ControlPipe, ProtocolError, Wiring, ready_to_read
 from .counters import Counters, EdgeStats
 from .dsl import GroupingKind
-from .plan import ConnectPlan, EdgePlan, Plan, ReplicaPlan, broadcast_slot
+from .plan import CREDIT_START_ITEMS, ConnectPlan, EdgePlan, Plan, ReplicaPlan, broadcast_slot, credit_slot
 from .settings import BufferSettings
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,10 @@ class _PushEdge(_Edge):
         self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
 
     def _send_batch(self, consumer: int, items: list[Any]) -> None:
-        """Send the batch of ``consumer`` (the grouping decides to which socket)."""
-        raise NotImplementedError
+        """Send a batch to ``consumer``, waiting while its queue is full."""
+        frames = self._frames(consumer, wire.Kind.BATCH, items)
+        self._send_waiting(self.sockets[consumer], frames)
+        self._account(items, frames)
 
     def flush(self) -> None:
         for consumer, batch in enumerate(self._pending):
@@ -183,63 +185,135 @@ class _PushEdge(_Edge):
 
 
 class _ShuffleEdge(_PushEdge):
-    """Items are dealt round robin into a pending batch per consumer replica (load-aware when sent).
+    """shuffle to a single consumer replica: batches in order, sent as they fill."""
 
-    A batch goes to its own consumer if that one's buffers have room, else to
-    the next consumer that has room, so a slow replica gets less. Dealing
-    item by item keeps a short stream of expensive items spread evenly; it
-    is done with strided slices, so it costs nothing per item.
+    def add_many(self, items: list[Any]) -> None:
+        batch = self._pending[0]
+        batch.extend(items)
+        while len(batch) >= self._limit:
+            limit = self._limit
+            self._send_batch(0, batch[:limit])
+            del batch[:limit]
+
+
+class _DemandEdge(_PushEdge):
+    """shuffle to several consumer replicas: each gets no more items than it granted credit for.
+
+    Consumers grant credit for about ``CREDIT_QUEUE_S`` of their own work
+    (see ``credit``), so items are not dealt out ahead of time and a replica
+    on a slower core gets less. Items wait in one queue, in the order they
+    were emitted; a batch is split into consecutive parts, one per consumer
+    that has credit (taking turns which goes first), each as large as its
+    credit allows. So every consumer gets its items in emission order (FIFO
+    per pair), and a short stream of expensive items is still spread over
+    the replicas. With no credit anywhere the producer waits
+    (backpressure). End of stream needs no credit.
     """
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        self._queue: list[Any] = []
+        self._credit = [CREDIT_START_ITEMS] * self.plan.consumers
         self._turn = 0
-        self._poller = zmq.Poller()
+        self.credit_socket: zmq.Socket | None = None
+        self._consumer_node = -1
+        self._rejected = 0
+        self._credit_poller = zmq.Poller()
+
+    def create(self, context: zmq.Context, replica_id: str, consumer_node: int) -> str:
+        """Create and bind the credit socket; ``consumer_node`` is the index of the consumer node."""
+        socket = self._wiring.data_socket(context, zmq.PULL, self._buffers)
+        socket.rcvhwm = 1000  # credit messages are a header each, a few per consumer at a time
+        self.credit_socket = socket
+        self._consumer_node = consumer_node
+        return self._wiring.bind(socket, f"{replica_id}/{credit_slot(self.plan.downstream)}")
 
     def open(self, *args: Any) -> None:
         super().open(*args)
-        for socket in self.sockets:
-            self._poller.register(socket, zmq.POLLOUT)
-        self._poller.register(self._control.socket, zmq.POLLIN)
+        assert self.credit_socket is not None, "create() binds the credit socket first"
+        self._credit_poller.register(self.credit_socket, zmq.POLLIN)
+        self._credit_poller.register(self._control.socket, zmq.POLLIN)
 
     def add_many(self, items: list[Any]) -> None:
-        pending = self._pending
-        ways = len(pending)
-        if ways == 1:
-            pending[0].extend(items)
-        else:
-            turn = self._turn
-            for offset in range(min(ways, len(items))):
-                pending[(turn + offset) % ways].extend(items[offset::ways])
-            self._turn = (turn + len(items)) % ways
-        for consumer, batch in enumerate(pending):
-            while len(batch) >= self._limit:
-                limit = self._limit
-                self._send_batch(consumer, batch[:limit])
-                del batch[:limit]
+        queue = self._queue
+        queue.extend(items)
+        whole = self._limit * len(self.sockets)  # a full batch for every consumer
+        while len(queue) >= whole:
+            self._send(queue[:whole])
+            del queue[:whole]
+            whole = self._limit * len(self.sockets)
 
-    def _send_batch(self, preferred: int, items: list[Any]) -> None:
-        """Send to consumer ``preferred`` if it has room, else to the next one that has."""
-        payload = self._encode(items)
+    def flush(self) -> None:
+        if self._queue:
+            items, self._queue = self._queue, []
+            self._send(items)
+
+    def has_pending(self) -> bool:
+        return bool(self._queue)
+
+    def _send(self, items: list[Any]) -> None:
+        """Send ``items`` in consecutive parts to consumers with credit, waiting for credit if none has."""
         count = len(self.sockets)
         started = None
-        while True:
-            for offset in range(count):
-                index = (preferred + offset) % count
-                frames = self._frames(index, wire.Kind.BATCH, items, payload)
+        while items:
+            self._take_credit()
+            turn = self._turn
+            ready = [index for index in (*range(turn, count), *range(turn)) if self._credit[index] > 0]
+            share = -(-len(items) // max(1, len(ready)))
+            sent = 0
+            for index in ready:
+                part = items[sent:sent + min(share, self._credit[index], self._limit)]
+                frames = self._frames(index, wire.Kind.BATCH, part)
                 try:
                     _send(self.sockets[index], frames, zmq.NOBLOCK)
-                except zmq.Again:
+                except zmq.Again:  # its queue is full all the same
                     self._seq[index] -= 1
-                    continue
-                self._account(items, frames)
-                if started is not None:
-                    self._blocked_since(started)
-                return
-            started = started or time.monotonic()
-            events = dict(self._poller.poll(_SEND_WAIT_MS))
-            if self._control.socket in events:
-                self._control.raise_if_stopped()
+                    break  # the next part starts here: items leave in order
+                self._credit[index] -= len(part)
+                self._account(part, frames)
+                sent += len(part)
+                self._turn = (index + 1) % count
+                if sent == len(items):
+                    break
+            items = items[sent:]
+            if items and not sent:
+                started = started or time.monotonic()
+                if self._control.socket in dict(self._waiting_poller(ready).poll(_SEND_WAIT_MS)):
+                    self._control.raise_if_stopped()
+        if started is not None:
+            self._blocked_since(started)
+
+    def _waiting_poller(self, ready: list[int]) -> zmq.Poller:
+        """What to wait for: credit, a stop, and room in the queues of consumers that have credit."""
+        if not ready:
+            return self._credit_poller
+        poller = zmq.Poller()
+        for socket in (self.credit_socket, self._control.socket):
+            poller.register(socket, zmq.POLLIN)
+        for index in ready:
+            poller.register(self.sockets[index], zmq.POLLOUT)
+        return poller
+
+    def _take_credit(self) -> None:
+        """Add up the credit messages that came; reject what is not from a consumer of this run."""
+        socket = self.credit_socket
+        assert socket is not None
+        while ready_to_read(socket):
+            frames = socket.recv_multipart(zmq.NOBLOCK)
+            header = wire.decode_header(self._token, frames[0]) if len(frames) == 1 else None
+            if (header is None or header.kind != wire.Kind.CREDIT or header.node != self._consumer_node
+                    or not 0 <= header.replica < len(self._credit)):
+                self._rejected += 1
+                if self._rejected <= 5 or self._rejected % 1000 == 0:
+                    log.warning("%s: rejected a %d-frame credit message that is not from this run; %d so far",
+                                self.plan.name, len(frames), self._rejected)
+                continue
+            self._credit[header.replica] += header.items
+
+    def close(self) -> None:
+        super().close()
+        if self.credit_socket is not None:
+            self.credit_socket.close(linger=0)
 
 
 class _KeyedEdge(_PushEdge):
@@ -270,11 +344,6 @@ class _KeyedEdge(_PushEdge):
             if len(batch) >= self._limit:
                 pending[consumer] = []
                 self._send_batch(consumer, batch)
-
-    def _send_batch(self, consumer: int, items: list[Any]) -> None:
-        frames = self._frames(consumer, wire.Kind.BATCH, items)
-        self._send_waiting(self.sockets[consumer], frames)
-        self._account(items, frames)
 
 
 class _BroadcastEdge(_Edge):
@@ -357,10 +426,11 @@ class Outputs:
         kinds = {GroupingKind.SHUFFLE: _ShuffleEdge, GroupingKind.BY_KEY: _KeyedEdge,
                  GroupingKind.BROADCAST: _BroadcastEdge}
         self.edges = [
-            kinds[edge.grouping.kind](edge, node_index, replica.index, token, edge.buffers, control, wiring,
-                                      counters)
+            (_DemandEdge if edge.uses_credit else kinds[edge.grouping.kind])(
+                edge, node_index, replica.index, token, edge.buffers, control, wiring, counters)
             for edge in plan.edges_from(replica.node)
         ]
+        self._consumer_nodes = {edge.plan.downstream: plan.node(edge.plan.downstream).index for edge in self.edges}
         counters.edges = {edge.plan.name: edge.stats for edge in self.edges}
         if len(self.edges) == 1:
             self.emit_many = self.edges[0].add_many  # type: ignore[method-assign]  # one call less per batch
@@ -374,14 +444,21 @@ class Outputs:
     @property
     def bound(self) -> list[zmq.Socket]:
         """The sockets this side binds (strangers can connect to them)."""
-        return [edge.sockets[0] for edge in self.edges if isinstance(edge, _BroadcastEdge)]
+        return [edge.sockets[0] for edge in self.edges if isinstance(edge, _BroadcastEdge)] + [
+            edge.credit_socket for edge in self.edges
+            if isinstance(edge, _DemandEdge) and edge.credit_socket is not None]
 
     def bind(self, context: zmq.Context) -> dict[str, str]:
-        """Create and bind the XPUB sockets of broadcast edges; returns {slot: endpoint}."""
-        return {
+        """Create and bind the XPUB sockets of broadcast edges and the credit sockets; returns {slot: endpoint}."""
+        endpoints = {
             broadcast_slot(edge.plan.downstream): edge.create(context, self._replica.id)
             for edge in self.edges if isinstance(edge, _BroadcastEdge)
         }
+        for edge in self.edges:
+            if isinstance(edge, _DemandEdge):
+                endpoints[credit_slot(edge.plan.downstream)] = edge.create(
+                    context, self._replica.id, self._consumer_nodes[edge.plan.downstream])
+        return endpoints
 
     def connect(self, context: zmq.Context, address_book: Mapping[str, Mapping[str, str]]) -> None:
         """Connect one PUSH socket per consumer replica of each shuffle/by_key edge."""

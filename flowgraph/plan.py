@@ -9,9 +9,17 @@ so end of stream and by_key need a socket per pair):
 
 * shuffle and by_key edges: each consumer replica binds one PULL socket
   (slot ``in``, shared by all its shuffle/by_key inputs); each producer
-  replica connects one PUSH socket to every consumer replica. A shuffle
-  batch goes to a consumer whose PUSH has room (load-aware); by_key picks
+  replica connects one PUSH socket to every consumer replica. by_key picks
   the consumer from the key; end of stream goes down every PUSH.
+* shuffle edges to more than one consumer replica are demand-driven: each
+  producer replica binds a credit socket (a PULL, slot
+  ``credit:<consumer node>``, listed as ``CREDIT``) and each consumer
+  replica connects a PUSH to it (``CREDIT`` too). A consumer grants its
+  producers credit for as many items as it works through in about
+  ``CREDIT_QUEUE_S`` (measured, from ``CREDIT_START_ITEMS`` before it
+  knows), and a producer sends a consumer no more items than it was
+  granted, so work is not dealt out ahead of time: a replica on a slower
+  core gets less.
 * broadcast edges: each producer replica binds an XPUB socket (slot
   ``out:<consumer node>``) with ``XPUB_NODROP`` (a plain PUB drops at its
   high-water mark) and ``XPUB_MANUAL`` (only subscriptions carrying the run's
@@ -34,6 +42,10 @@ from .hosts import LOCALHOST, Host, deal, parse_hosts
 from .settings import BufferSettings, size_text
 
 IN_SLOT = "in"
+CREDIT_START_ITEMS = 64
+"""Credit each consumer replica of a demand-driven shuffle edge has before it granted any."""
+CREDIT_QUEUE_S = 0.02
+"""A consumer grants credit for about this much work (its measured seconds per item)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,11 @@ class EdgePlan:
     @property
     def name(self) -> str:
         return f"{self.upstream}->{self.downstream}"
+
+    @property
+    def uses_credit(self) -> bool:
+        """Items go where credit was granted (a shuffle to more than one consumer replica)."""
+        return self.grouping.kind is GroupingKind.SHUFFLE and self.consumers > 1
 
 
 @dataclass(frozen=True)
@@ -224,6 +241,7 @@ def _replica(
         binds.append(BindPlan(IN_SLOT, "PULL"))
     binds += [BindPlan(broadcast_slot(edge.downstream), "XPUB")
               for edge in outputs if edge.grouping.kind is GroupingKind.BROADCAST]
+    binds += [BindPlan(credit_slot(edge.downstream), "CREDIT") for edge in outputs if edge.uses_credit]
     connects = []
     for edge in outputs:
         if edge.grouping.kind is not GroupingKind.BROADCAST:
@@ -233,6 +251,9 @@ def _replica(
         if edge.grouping.kind is GroupingKind.BROADCAST:
             connects += [ConnectPlan("SUB", replica_id(edge.upstream, peer),
                                      broadcast_slot(node.name), edge.name)
+                         for peer in range(edge.producers)]
+        elif edge.uses_credit:
+            connects += [ConnectPlan("CREDIT", replica_id(edge.upstream, peer), credit_slot(node.name), edge.name)
                          for peer in range(edge.producers)]
     return ReplicaPlan(
         node=node.name,
@@ -248,6 +269,11 @@ def _replica(
 def broadcast_slot(downstream: str) -> str:
     """The slot name of the XPUB socket a producer binds for a broadcast edge to ``downstream``."""
     return f"out:{downstream}"
+
+
+def credit_slot(downstream: str) -> str:
+    """The slot name of the credit socket a producer binds for a demand-driven shuffle edge to ``downstream``."""
+    return f"credit:{downstream}"
 
 
 def describe_plan(plan: Plan) -> str:

@@ -6,7 +6,8 @@ A data message is ``[header + payload]`` when the payload is one frame of
 up to ``INLINE_BYTES`` (a batch of small items: one frame to send, receive
 and check), else ``[header, payload, *buffers]``. The header is fixed
 size: magic, the run's token, kind, serializer, producer (node index,
-replica), a sequence number per producer socket and an item count.
+replica), a sequence number per producer socket and an item count. A
+credit message (consumer to producer) is a header alone.
 Unpickling is code execution: ``decode_header`` checks magic, length and
 token before anything else is looked at, and payloads are only decoded
 for messages whose header passed.
@@ -41,6 +42,8 @@ class Kind(enum.IntEnum):
 
     BATCH = 1
     EOS = 2
+    CREDIT = 3
+    """Consumer to producer: send me ``items`` more (the header's node and replica name the consumer)."""
 
 
 class Header(NamedTuple):
@@ -76,7 +79,7 @@ def decode_header(token: bytes, frame: bytes | memoryview) -> Header | None:
     magic, frame_token, kind, serializer, node, replica, seq, count = _DATA_HEADER.unpack(frame)
     if magic != DATA_MAGIC or not hmac.compare_digest(frame_token, token):
         return None
-    if kind not in (Kind.BATCH, Kind.EOS) or serializer >= len(SERIALIZERS):
+    if kind not in (Kind.BATCH, Kind.EOS, Kind.CREDIT) or serializer >= len(SERIALIZERS):
         return None
     return Header(kind, serializer, node, replica, seq, count)
 

@@ -214,7 +214,7 @@ class _Replica:
         self.counters = counters
         replica = job.replica
         self.context = Context(replica.node, replica.index, job.node.parallelism, replica.host, job.params)
-        self.inputs = Inputs(context, job.plan, replica, job.token, control, job.wiring)
+        self.inputs = Inputs(context, job.plan, replica, job.token, control, job.wiring, counters)
         self.outputs = Outputs(job.plan, replica, job.token, control, job.wiring, counters)
         self.collected: list[Any] = []
 

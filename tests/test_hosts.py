@@ -209,7 +209,7 @@ def test_strangers_on_remote_data_ports_are_rejected_by_curve(test_hosts, tmp_pa
             cli.wait_for_line("waiting for release")
             targets = [(test_hosts.address(name), port) for name in test_hosts.names
                        for port in test_hosts.listening_ports(name)]
-            assert len(targets) == 4  # the PULL of double/0..2 and of Store/0
+            assert len(targets) == 5  # the PULL of double/0..2 and of Store/0, the credit socket of numbers/0
             for address, port in targets:
                 subprocess.run([sys.executable, "-c",
                                 "import socket, os, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])));"

@@ -40,9 +40,26 @@ def test_shuffle_and_by_key_edges_are_push_pull_with_a_socket_per_pair():
     assert analyze_edge.sockets == ("PUSH", "PULL")
     fetch_1 = plan.replica("fetch", 1)
     assert [(b.socket, b.slot) for b in fetch_1.binds] == [("PULL", "in")]
-    assert [(c.socket, c.peer, c.slot) for c in fetch_1.connects] == [
+    assert [(c.socket, c.peer, c.slot) for c in fetch_1.connects if c.socket == "PUSH"] == [
         ("PUSH", "analyze/0", "in"), ("PUSH", "analyze/1", "in")]
     assert store_edge.sockets == ("XPUB", "SUB")
+
+
+def test_a_shuffle_to_several_replicas_gets_a_credit_socket_per_producer():
+    """Each producer binds a credit socket its consumers connect to; by_key, broadcast and a single replica don't."""
+    plan = crawl().check()
+    fetch_edge, analyze_edge, store_edge = plan.edges
+    assert fetch_edge.uses_credit and not analyze_edge.uses_credit and not store_edge.uses_credit
+    assert [b.slot for b in plan.replica("urls", 0).binds if b.socket == "CREDIT"] == ["credit:fetch"]
+    assert [(c.peer, c.slot) for c in plan.replica("fetch", 3).connects if c.socket == "CREDIT"] == [
+        ("urls/0", "credit:fetch")]
+    assert all(c.socket != "CREDIT" for r in plan.replicas if r.node != "fetch" for c in r.connects)
+    single = Topology("single")
+    single.source(lambda: iter(()), name="one")
+    single.sink(lambda item: None, inputs="one", name="two")
+    single_plan = single.check()
+    assert not single_plan.edges[0].uses_credit
+    assert all(s.socket != "CREDIT" for r in single_plan.replicas for s in (*r.binds, *r.connects))
 
 
 def test_broadcast_producers_bind_xpub_and_consumers_connect_sub_to_each():

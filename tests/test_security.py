@@ -101,8 +101,8 @@ def test_garbage_on_every_port_is_rejected_logged_and_the_run_completes(tmp_path
             cli.wait_for_line("waiting for release")
             launcher = psutil.Process(cli.process.pid)
             ports = listening_ports([launcher, *cli.descendants()])
-            # control; PULL and XPUB of double/0 and double/1; PULL of Store/0
-            assert len(ports) == 1 + 2 * 2 + 1
+            # control; PULL and XPUB of double/0 and double/1; PULL of Store/0; credit socket of numbers/0
+            assert len(ports) == 1 + 2 * 2 + 1 + 1
             for port in sorted(ports):
                 strangers += attack(port, str(marker))
             with open(release, "w") as fifo:

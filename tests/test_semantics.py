@@ -386,6 +386,37 @@ def test_shuffle_sends_most_items_to_the_replica_that_keeps_up(mode):
     assert slow < 3000 // 4, (slow, fast)
 
 
+def test_a_shuffle_deals_a_short_fast_stream_by_demand_with_default_settings(mode):
+    """Small items that all fit the queues at once still go where the work gets done (credit, not dealing)."""
+    topo = Topology("demand")
+    topo.source(lambda: iter(range(2000)), name="numbers")
+
+    @topo.node(inputs="numbers", parallelism=2)
+    def work(n):
+        if context().replica == 0:
+            time.sleep(0.002)
+        return n
+
+    topo.sink(lambda n: None, inputs="work", name="store")
+    result = run_and_collect(topo, mode=mode, collect=["work", "store"])
+    slow, fast = (len(items) for items in result.by_replica("work"))
+    assert slow + fast == 2000 and sorted(result["store"]) == list(range(2000))
+    assert slow < 2000 // 4, (slow, fast)
+    for received in result.by_replica("work"):
+        assert received == sorted(received)  # FIFO per pair: parts of the one queue, in order
+
+
+def test_a_shuffle_spreads_a_few_items_over_its_replicas(mode):
+    """A short stream is split over the replicas that have credit, not sent whole to one."""
+    topo = Topology("few")
+    topo.source(lambda: iter(range(8)), name="numbers")
+    topo.node(lambda n: n, inputs="numbers", name="work", parallelism=4)
+    topo.sink(lambda n: None, inputs="work", name="store")
+    result = run_and_collect(topo, mode=mode, collect=["work"])
+    counts = [len(items) for items in result.by_replica("work")]
+    assert sum(counts) == 8 and min(counts) >= 1, counts
+
+
 @pytest.mark.parametrize("spells", [[10] * 5, [200_000, 10, 200_000, 10]], ids=["short", "after-busy-spells"])
 def test_items_reach_the_sink_while_the_source_blocks_after_yielding_them(tmp_path, mode, spells):
     """A source that waits for input must not hold back what it yielded: partial batches go out when due.
