@@ -68,7 +68,7 @@ class ControlPipe:
         return kind, body
 
     def raise_if_stopped(self) -> None:
-        while self.socket.get(_EVENTS) & _POLLIN:  # type: ignore[operator]  # an int; cheaper than a poll
+        while ready_to_read(self.socket):
             self.receive(0)
 
     def send(self, kind: str, body: dict[str, Any], attachment: Any = None) -> None:
@@ -226,7 +226,7 @@ class Inputs:
         for _ in range(count):
             socket = self._sockets[self._turn]
             self._turn = (self._turn + 1) % count  # take turns, so no input starves another
-            while socket.get(_EVENTS) & _POLLIN:  # type: ignore[operator]  # an int; cheaper than zmq.Again
+            while ready_to_read(socket):
                 batch = self._accept(_recv_frames(socket, zmq.NOBLOCK))
                 if batch is not None:
                     return batch

@@ -46,7 +46,12 @@ def _send(socket: zmq.Socket, frames: list[Any], flags: int) -> None:
 
 
 class _Edge:
-    """One output edge: pending batches, sockets, sequence numbers, stats."""
+    """One output edge: pending items, sockets, sequence numbers, stats.
+
+    By default the pending items wait in one queue, in emission order, and
+    leave in batches through ``_send`` (to the first socket, waiting while
+    its queue is full); by_key keeps a queue per consumer instead.
+    """
 
     def __init__(self, edge: EdgePlan, node_index: int, replica: int, token: bytes,
                  buffers: BufferSettings, control: ControlPipe, wiring: Wiring, counters: Counters) -> None:
@@ -65,6 +70,7 @@ class _Edge:
         self._serializer = serializers.serializer_id(buffers.serializer)
         self.sockets: list[zmq.Socket] = []
         self._seq: list[int] = []
+        self._queue: list[Any] = []
 
     def _frames(self, socket_index: int, kind: wire.Kind, items: list[Any],
                 payload: list[Any] | None = None) -> list[Any]:
@@ -126,16 +132,33 @@ class _Edge:
         self._counters.blocked_s += waited
 
     def add_many(self, items: list[Any]) -> None:
-        """Put ``items`` into pending batches; send every batch that is full."""
-        raise NotImplementedError
+        """Queue ``items``; send what makes full batches."""
+        queue = self._queue
+        queue.extend(items)
+        while len(queue) >= (whole := self._whole()):
+            batch = queue[:whole]
+            del queue[:whole]
+            self._send(batch)
+
+    def _whole(self) -> int:
+        """How many queued items are sent at once (one full batch)."""
+        return self._limit
 
     def flush(self) -> None:
-        """Send every pending batch."""
-        raise NotImplementedError
+        """Send every pending item."""
+        if self._queue:
+            items, self._queue = self._queue, []
+            self._send(items)
 
     def has_pending(self) -> bool:
-        """True if items wait in a batch not sent yet."""
-        raise NotImplementedError
+        """True if items wait that were not sent yet."""
+        return bool(self._queue)
+
+    def _send(self, items: list[Any]) -> None:
+        """Send ``items`` as one batch on the first socket, waiting while its queue is full."""
+        frames = self._frames(0, wire.Kind.BATCH, items)
+        self._send_waiting(self.sockets[0], frames)
+        self._account(items, frames)
 
     def send_eos(self) -> None:
         """Flush, then send end of stream to every consumer replica."""
@@ -148,26 +171,7 @@ class _Edge:
 
 
 class _PushEdge(_Edge):
-    """shuffle and by_key: one PUSH socket and one pending batch per consumer replica."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
-
-    def _send_batch(self, consumer: int, items: list[Any]) -> None:
-        """Send a batch to ``consumer``, waiting while its queue is full."""
-        frames = self._frames(consumer, wire.Kind.BATCH, items)
-        self._send_waiting(self.sockets[consumer], frames)
-        self._account(items, frames)
-
-    def flush(self) -> None:
-        for consumer, batch in enumerate(self._pending):
-            if batch:
-                self._pending[consumer] = []
-                self._send_batch(consumer, batch)
-
-    def has_pending(self) -> bool:
-        return any(self._pending)
+    """shuffle and by_key: one PUSH socket per consumer replica."""
 
     def open(self, context: zmq.Context, connects: Sequence[ConnectPlan],
              address_book: Mapping[str, Mapping[str, str]]) -> None:
@@ -187,14 +191,6 @@ class _PushEdge(_Edge):
 class _ShuffleEdge(_PushEdge):
     """shuffle to a single consumer replica: batches in order, sent as they fill."""
 
-    def add_many(self, items: list[Any]) -> None:
-        batch = self._pending[0]
-        batch.extend(items)
-        while len(batch) >= self._limit:
-            limit = self._limit
-            self._send_batch(0, batch[:limit])
-            del batch[:limit]
-
 
 class _DemandEdge(_PushEdge):
     """shuffle to several consumer replicas: each gets no more items than it granted credit for.
@@ -212,7 +208,6 @@ class _DemandEdge(_PushEdge):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._queue: list[Any] = []
         self._credit = [CREDIT_START_ITEMS] * self.plan.consumers
         self._turn = 0
         self.credit_socket: zmq.Socket | None = None
@@ -234,22 +229,8 @@ class _DemandEdge(_PushEdge):
         self._credit_poller.register(self.credit_socket, zmq.POLLIN)
         self._credit_poller.register(self._control.socket, zmq.POLLIN)
 
-    def add_many(self, items: list[Any]) -> None:
-        queue = self._queue
-        queue.extend(items)
-        whole = self._limit * len(self.sockets)  # a full batch for every consumer
-        while len(queue) >= whole:
-            self._send(queue[:whole])
-            del queue[:whole]
-            whole = self._limit * len(self.sockets)
-
-    def flush(self) -> None:
-        if self._queue:
-            items, self._queue = self._queue, []
-            self._send(items)
-
-    def has_pending(self) -> bool:
-        return bool(self._queue)
+    def _whole(self) -> int:
+        return self._limit * len(self.sockets)  # a full batch for every consumer
 
     def _send(self, items: list[Any]) -> None:
         """Send ``items`` in consecutive parts to consumers with credit, waiting for credit if none has."""
@@ -324,6 +305,7 @@ class _KeyedEdge(_PushEdge):
         key = self.plan.grouping.key
         self._key: Callable[[Any], Any] = key if callable(key) else operator.itemgetter(key)
         self._replica_of: dict[Any, int] = {}
+        self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
 
     def add_many(self, items: list[Any]) -> None:
         key, replica_of, pending = self._key, self._replica_of, self._pending
@@ -345,13 +327,23 @@ class _KeyedEdge(_PushEdge):
                 pending[consumer] = []
                 self._send_batch(consumer, batch)
 
+    def flush(self) -> None:
+        for consumer, batch in enumerate(self._pending):
+            if batch:
+                self._pending[consumer] = []
+                self._send_batch(consumer, batch)
+
+    def has_pending(self) -> bool:
+        return any(self._pending)
+
+    def _send_batch(self, consumer: int, items: list[Any]) -> None:
+        frames = self._frames(consumer, wire.Kind.BATCH, items)
+        self._send_waiting(self.sockets[consumer], frames)
+        self._account(items, frames)
+
 
 class _BroadcastEdge(_Edge):
     """broadcast: one XPUB socket reaching every consumer replica; never drops."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self._pending: list[Any] = []
 
     def create(self, context: zmq.Context, replica_id: str) -> str:
         socket = self._wiring.data_socket(context, zmq.XPUB, self._buffers)
@@ -387,28 +379,6 @@ class _BroadcastEdge(_Edge):
                 seen.add(int.from_bytes(message[-4:], "big"))
             elif message[:1] == SUBSCRIBE:
                 log.warning("%s: ignored a subscription that is not from this run", self.plan.name)
-
-    def add_many(self, items: list[Any]) -> None:
-        pending = self._pending
-        pending.extend(items)
-        while len(pending) >= self._limit:
-            limit = self._limit
-            batch = pending[:limit]
-            del pending[:limit]
-            self._send(batch)
-
-    def flush(self) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self._send(batch)
-
-    def has_pending(self) -> bool:
-        return bool(self._pending)
-
-    def _send(self, items: list[Any]) -> None:
-        frames = self._frames(0, wire.Kind.BATCH, items)
-        self._send_waiting(self.sockets[0], frames)
-        self._account(items, frames)
 
     def send_eos(self) -> None:
         self.flush()
