@@ -5,27 +5,28 @@
 
 import logging as _logging
 
-from .context import Context as Context
-from .context import context as context
-from .dsl import Grouping as Grouping
-from .dsl import Handle as Handle
-from .dsl import Topology as Topology
-from .dsl import broadcast as broadcast
-from .dsl import by_key as by_key
-from .dsl import shuffle as shuffle
+from ._version import __version__ as __version__
 from .errors import FlowgraphError as FlowgraphError
 from .errors import HostError as HostError
+from .errors import Phase as Phase
 from .errors import RunFailed as RunFailed
 from .errors import RunInterrupted as RunInterrupted
 from .errors import TopologyError as TopologyError
-from .plan import Plan as Plan
-from .report import NodeReport as NodeReport
-from .report import ReplicaReport as ReplicaReport
-from .report import RunReport as RunReport
-from .runner import run as run
+from .launch.runner import run as run
+from .model.dsl import Grouping as Grouping
+from .model.dsl import Handle as Handle
+from .model.dsl import Topology as Topology
+from .model.dsl import broadcast as broadcast
+from .model.dsl import by_key as by_key
+from .model.dsl import shuffle as shuffle
+from .model.plan import Plan as Plan
+from .model.report import NodeReport as NodeReport
+from .model.report import ReplicaReport as ReplicaReport
+from .model.report import RunReport as RunReport
+from .runtime.context import Context as Context
+from .runtime.context import context as context
 from .settings import BufferSettings as BufferSettings
-from ._version import __version__ as __version__
-
+from .settings import Timeouts as Timeouts
 
 __all__ = [
     "BufferSettings",
@@ -35,11 +36,13 @@ __all__ = [
     "Handle",
     "HostError",
     "NodeReport",
+    "Phase",
     "Plan",
     "ReplicaReport",
     "RunFailed",
     "RunInterrupted",
     "RunReport",
+    "Timeouts",
     "Topology",
     "TopologyError",
     "broadcast",

@@ -1,4 +1,4 @@
-"""The exceptions flowgraph raises.
+"""The exceptions flowgraph raises, and the phases of a replica they name.
 
 ::
 
@@ -14,8 +14,55 @@ Every class carries the process exit code the command line uses for it as
 
 from __future__ import annotations
 
+import enum
+import os
 import signal
+import traceback
 from typing import Any
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class Phase(str, enum.Enum):
+    """Where in its life a replica failed (``RunFailed.phase``); compares equal to its value.
+
+    >>> Phase.SETUP == "setup", str(Phase.SETUP), Phase.SETUP.description
+    (True, 'setup', 'setup()')
+    """
+
+    LOAD = "load"
+    """Unpickling its node code in the worker (a module missing there, a ``__reduce__`` that raises)."""
+    SETUP = "setup"
+    """``setup()``, or making the instance of a class node."""
+    GENERATE = "generate"
+    """A source's ``generate()`` (or its generator function)."""
+    PROCESS = "process"
+    """``process(item)``; the failure carries the item."""
+    FINISH = "finish"
+    """``finish()``, after end of stream from every upstream replica."""
+    TEARDOWN = "teardown"
+    """``teardown()``, which runs after errors too."""
+    RECEIVE = "receive"
+    """Receiving data: a checked message of this run broke the protocol (a lost or repeated batch)."""
+    SEND = "send"
+    """Sending output: an item its edge's serializer cannot encode, a consumer that never subscribed."""
+    RUNTIME = "runtime"
+    """flowgraph itself (a bug), or a replica that died or stopped answering."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @property
+    def description(self) -> str:
+        """The phase as the failure message says it: ``setup()``, ``receiving data``."""
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS = {
+    Phase.LOAD: "loading its code", Phase.SETUP: "setup()", Phase.GENERATE: "generate()",
+    Phase.PROCESS: "process()", Phase.FINISH: "finish()", Phase.TEARDOWN: "teardown()",
+    Phase.RECEIVE: "receiving data", Phase.SEND: "sending its output", Phase.RUNTIME: "the runtime",
+}
 
 
 class FlowgraphError(Exception):
@@ -45,11 +92,11 @@ class RunFailed(FlowgraphError):
     """A replica failed, so the whole run was stopped.
 
     Attributes name where it happened: ``node``, ``replica`` (index),
-    ``host``, ``phase`` (``setup``, ``process``, ``finish``, ``teardown``,
-    ``generate`` or ``runtime``), ``remote_traceback`` (the traceback text
-    from the replica, or ``""``), ``signal_name`` (e.g. ``"SIGKILL"`` when
-    the process was killed, else ``None``) and ``item`` (a truncated repr of
-    the input item being processed, or ``None``).
+    ``host``, ``phase`` (a ``Phase``, equal to its name: ``"setup"``,
+    ``"process"``, ...), ``remote_traceback`` (the traceback text from the
+    replica, or ``""``), ``signal_name`` (e.g. ``"SIGKILL"`` when the process
+    was killed, else ``None``) and ``item`` (a truncated repr of the input
+    item being processed, or ``None``).
     """
 
     exit_code = 1
@@ -61,7 +108,7 @@ class RunFailed(FlowgraphError):
         node: str,
         replica: int,
         host: str,
-        phase: str = "runtime",
+        phase: Phase = Phase.RUNTIME,
         remote_traceback: str = "",
         signal_name: str | None = None,
         item: str | None = None,
@@ -78,7 +125,7 @@ class RunFailed(FlowgraphError):
         """A ``RunReport`` of what every replica had done when the run stopped (set by ``run``)."""
 
     def __str__(self) -> str:
-        text = self.args[0]
+        text = str(self.args[0])
         if self.remote_traceback:
             text += "\n" + self.remote_traceback.rstrip()
         return text
@@ -93,3 +140,12 @@ class RunInterrupted(FlowgraphError):
         self.exit_code = 128 + signum
         self.report: Any = None
         """A ``RunReport`` of what every replica had done when the run stopped (set by ``run``)."""
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback of ``error`` without flowgraph's and importlib's frames, with the source lines."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if not frame.filename.startswith((_PACKAGE_DIR, "<frozen "))]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
+             *traceback.format_exception_only(type(error), error)]
+    return "".join(lines)

@@ -1,9 +1,13 @@
-"""How items are batched, buffered and serialized on an edge: defaults, per topology, per edge.
+"""Settings of a run: how items are batched, buffered and serialized on an edge, and how long it waits.
 
-Settings come in layers, the later winning: the defaults below, the
-topology's (``Topology(name, batch_items=...)``), the run's
+``BufferSettings`` come in layers, the later winning: the defaults below,
+the topology's (``Topology(name, batch_items=...)``), the run's
 (``run(buffers=...)``, ``--hwm``) and the edge's own
 (``inputs={fetch: shuffle(batch_items=1)}``).
+
+``Timeouts`` are one record per run (``run(timeouts=...)``), carried to
+every worker: the heartbeat, how long silence means a peer is lost, and
+how long each step of a run may take.
 """
 
 from __future__ import annotations
@@ -103,3 +107,52 @@ def size_text(n: float) -> str:
             return f"{n:.0f} {unit}"
         n /= 1024
     return f"{n:.0f} GiB"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a run waits for what, in seconds; one record per run, the same in every worker.
+
+    The defaults suit real runs; tests pass smaller ones
+    (``run(topo, timeouts=Timeouts(local_silence_s=2))``).
+
+    >>> Timeouts().remote_silence_s
+    3.0
+    >>> Timeouts(heartbeat_s=0)
+    Traceback (most recent call last):
+    ValueError: heartbeat_s must be a number > 0, not 0
+    """
+
+    heartbeat_s: float = 0.5
+    """Launcher and workers send each other a heartbeat this often."""
+    local_silence_s: float = 10.0
+    """A local worker and the launcher give each other up after this long without a heartbeat."""
+    remote_silence_s: float = 3.0
+    """The same over hosts, where a lost host must be noticed sooner (a frozen local worker is rare)."""
+    register_s: float = 60.0
+    """Every replica registers its sockets within this long of its start."""
+    subscribe_s: float = 30.0
+    """Broadcast consumers subscribe within this long of the address book."""
+    stop_check_s: float = 0.1
+    """A replica waiting (for input, for room, for subscribers) looks for a stop request this often."""
+    idle_wait_s: float = 1.0
+    """A replica with nothing to do waits this long at a time in its receive."""
+    last_words_s: float = 0.5
+    """A replica that ended without being done may take this long to deliver its error message."""
+    stop_grace_s: float = 2.0
+    """After a stop request, replicas get this long to end before they are killed."""
+    shutdown_s: float = 10.0
+    """After the run is done, workers get this long to exit before they are killed."""
+    probe_s: float = 20.0
+    """A host answers the ssh probe within this long."""
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{spec.name} must be a number > 0, not {value!r}")
+
+    @property
+    def stop_check_ms(self) -> int:
+        """``stop_check_s`` in whole milliseconds (ZeroMQ's timeouts), at least 1."""
+        return max(1, round(self.stop_check_s * 1000))

@@ -23,17 +23,18 @@ in memory at the end of the run.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .context import context
-from .dsl import NodeKind, Shape, Topology, TopologySpec
 from .errors import TopologyError
-from .report import RunReport
-from .runner import run
+from .launch.runner import run
+from .model.dsl import NodeKind, Shape, Topology, TopologySpec
+from .model.report import RunReport
+from .runtime.context import Context, context, current_context, set_context
 
-__all__ = ["Collected", "ListSource", "assert_same_items", "run_and_collect"]
+__all__ = ["Collected", "ListSource", "assert_same_items", "replica_context", "run_and_collect"]
 
 MODES = ("inproc", "local")
 
@@ -121,6 +122,28 @@ def _fed(spec: TopologySpec, feed: Mapping[str, Iterable[Any]]) -> TopologySpec:
     return TopologySpec(spec.name, nodes, spec.settings)
 
 
+@contextlib.contextmanager
+def replica_context(node: str = "node", replica: int = 0, parallelism: int = 1, host: str = "localhost",
+                    params: Mapping[str, Any] | None = None) -> Iterator[Context]:
+    """Call a node's methods as replica ``replica`` of ``node`` would: ``context()`` answers with these values.
+
+    For unit tests of a node class on its own, without a run; the previous
+    context (usually none) comes back on exit.
+
+    >>> from flowgraph import context
+    >>> with replica_context("fetch", replica=1, parallelism=4, params={"db": "x.db"}):
+    ...     print(context().replica, context().params["db"])
+    1 x.db
+    """
+    previous = current_context()
+    made = Context(node, replica, parallelism, host, dict(params or {}))
+    set_context(made)
+    try:
+        yield made
+    finally:
+        set_context(previous)
+
+
 def assert_same_items(actual: Iterable[Any], expected: Iterable[Any], *, ordered: bool = False,
                       shown: int = 5) -> None:
     """Assert that ``actual`` holds the items of ``expected``: as multisets, or in order with ``ordered``.
@@ -138,7 +161,8 @@ def assert_same_items(actual: Iterable[Any], expected: Iterable[Any], *, ordered
     if ordered:
         if actual == expected:
             return
-        index = next((i for i, (a, e) in enumerate(zip(actual, expected)) if a != e), min(len(actual), len(expected)))
+        pairs = zip(actual, expected, strict=False)
+        index = next((i for i, (a, e) in enumerate(pairs) if a != e), min(len(actual), len(expected)))
         got = repr(actual[index]) if index < len(actual) else "nothing (too short)"
         wanted = repr(expected[index]) if index < len(expected) else "nothing (too long)"
         raise AssertionError(f"got {len(actual)} items, expected {len(expected)}: first difference at index "

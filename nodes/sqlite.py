@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flowgraph.context import context
+from flowgraph import context
 
 logger = logging.getLogger(__name__)
 

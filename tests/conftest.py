@@ -1,8 +1,15 @@
-"""Fixtures shared by the suite: run modes, and a check that no test leaves a process behind."""
+"""Fixtures shared by the suite: run modes, the sshd test hosts, and a check that no test leaves a process behind.
+
+Every test that uses the ``test_hosts`` fixtures is marked ``hosts``; the fast
+lane, ``pytest -m "not slow and not hosts"``, leaves them out. Without root,
+``/usr/sbin/sshd`` or ``ip`` they skip with the reason, except under CI
+(``CI=true``), where a missing prerequisite fails them: CI must run them.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -14,6 +21,34 @@ from helpers import TestHosts, processes_of_this_session, reap, still_running
 
 MARKER = "FLOWGRAPH_TEST_SESSION"
 os.environ.setdefault(MARKER, uuid.uuid4().hex)
+
+HOSTS_FIXTURES = frozenset({"test_hosts", "test_hosts_session"})
+SSHD = Path("/usr/sbin/sshd")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses the sshd test hosts ``hosts``."""
+    for item in items:
+        if HOSTS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.hosts)
+
+
+def missing_for_test_hosts() -> list[str]:
+    """What this machine lacks to run bin/testhosts (empty when nothing)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (network namespaces)")
+    if not SSHD.exists():
+        missing.append(f"{SSHD} (openssh-server)")
+    if shutil.which("ip") is None:
+        missing.append("the ip command (iproute2)")
+    return missing
+
+
+def is_ci() -> bool:
+    """Whether this runs under CI (``CI`` set, as CI services do, and not "false" or "0")."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture(params=["inproc", "local"])
@@ -38,7 +73,16 @@ def this_process() -> psutil.Process:
 
 @pytest.fixture(scope="session")
 def test_hosts_session():
-    """Three sshd hosts in network namespaces (bin/testhosts), for the whole session."""
+    """Three sshd hosts in network namespaces (bin/testhosts), for the whole session.
+
+    Skips (fails under CI) when the machine cannot make them.
+    """
+    missing = missing_for_test_hosts()
+    if missing:
+        reason = "the sshd test hosts need " + ", ".join(missing)
+        if is_ci():
+            pytest.fail(reason + " (CI is set: tests marked hosts must run there)", pytrace=False)
+        pytest.skip(reason)
     directory = Path(tempfile.mkdtemp(prefix="flowgraph-testhosts-"))
     hosts = TestHosts(3, prefix="fgt", subnet="10.78.0", directory=directory / "hosts")
     hosts.script("down")  # what an interrupted session may have left

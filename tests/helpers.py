@@ -205,7 +205,7 @@ class Cli:
                     if regex.search(line):
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.process.poll() is not None and not self._readers_alive():
+                if remaining <= 0 or (self.process.poll() is not None and not self._readers_alive()):
                     raise AssertionError(f"no line matching {pattern!r}; output so far:\n{self.output}")
                 self._changed.wait(min(remaining, 0.5))
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+
 import pytest
 
 from flowgraph import BufferSettings, Topology
-from flowgraph.plan import plan_run
+from flowgraph.model.plan import plan_run
 from flowgraph.testing import run_and_collect
 from helpers import Cli, PeakRss, write_topology
 
@@ -44,6 +45,7 @@ def test_a_slow_sink_holds_the_source_back_to_the_buffer_bound(tmp_path, mode):
     assert len(ahead) == 1500
 
 
+@pytest.mark.slow
 def test_two_gigabytes_through_a_slow_sink_keep_total_memory_far_below_the_stream(tmp_path):
     path = write_topology(tmp_path, """
         import time

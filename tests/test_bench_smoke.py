@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bin" / "bench"
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_every_figure_as_json():
     result = subprocess.run([str(BENCH), "--quick", "--json"], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHON": sys.executable})

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+import flowgraph
 from flowgraph.cli import check_command, run_command
 from helpers import run_cli, write_topology
 
@@ -130,7 +131,7 @@ def test_check_shows_the_placement_over_hosts_without_contacting_them(tmp_path):
 
 def test_run_exits_0_prints_node_output_with_prefix_and_a_summary(tmp_path):
     path = write_topology(tmp_path, GOOD)
-    code, stdout, stderr = run_cli("run", str(path), "--set", "count=50", "--set", "tag=x=y")
+    code, _, stderr = run_cli("run", str(path), "--set", "count=50", "--set", "tag=x=y")
     assert code == 0, stderr
     assert "[show/0@localhost] last item 98 tag x=y" in stderr
     assert "topology 'good' (local): done in" in stderr
@@ -139,7 +140,7 @@ def test_run_exits_0_prints_node_output_with_prefix_and_a_summary(tmp_path):
 
 def test_run_inproc_gives_the_same_output(tmp_path):
     path = write_topology(tmp_path, GOOD)
-    code, stdout, stderr = run_cli("run", "--inproc", str(path), "--set", "count=50")
+    code, _, stderr = run_cli("run", "--inproc", str(path), "--set", "count=50")
     assert code == 0, stderr
     assert "[show/0@localhost] last item 98 tag None" in stderr
     assert "topology 'good' (inproc)" in stderr
@@ -161,3 +162,15 @@ def test_set_without_equals_is_a_usage_error(tmp_path):
     code, _, stderr = run_cli("run", str(path), "--set", "novalue")
     assert code == 2
     assert "--set takes KEY=VALUE, not 'novalue'" in stderr
+
+
+def test_help_lists_only_the_commands_a_user_runs():
+    code, stdout, _ = run_cli("--help")
+    assert code == 0
+    assert "worker" not in stdout and "SUPPRESS" not in stdout
+    assert all(command in stdout for command in ("run", "check", "graph"))
+
+
+def test_version_prints_the_version_every_host_must_have():
+    code, stdout, _ = run_cli("--version")
+    assert (code, stdout) == (0, f"flowgraph {flowgraph.__version__}\n")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 
 import pytest
 
-import flowgraph
 from flowgraph import FlowgraphError, Topology, TopologyError, broadcast, by_key, context, shuffle
 
 
@@ -17,16 +17,6 @@ def make_source(topo: Topology, name: str = "numbers"):
         yield 1
 
     return numbers
-
-
-def test_public_names_are_exactly_the_documented_ones():
-    assert sorted(flowgraph.__all__) == sorted(
-        ["BufferSettings", "Context", "FlowgraphError", "Grouping", "Handle", "HostError",
-         "NodeReport", "Plan", "ReplicaReport", "RunFailed", "RunInterrupted", "RunReport",
-         "Topology", "TopologyError", "broadcast", "by_key", "context", "run", "shuffle"]
-    )
-    for name in flowgraph.__all__:
-        assert getattr(flowgraph, name) is not None
 
 
 def test_decorators_work_bare_with_keywords_and_called():
@@ -178,6 +168,122 @@ def test_class_without_process_is_rejected():
         topo.node(Nothing, inputs=numbers)
 
 
+def test_a_sink_with_two_required_parameters_is_rejected_at_declaration():
+    topo = Topology("t")
+    numbers = make_source(topo)
+    with pytest.raises(TopologyError, match=re.escape(
+            "sink 'out': out(x, y) cannot be called with one item (it has 2 required parameters); "
+            "a node's function takes the item as its only argument")):
+        @topo.sink(inputs=numbers)
+        def out(x, y):
+            pass
+
+
+def tick():
+    return 1
+
+
+def tag(item, *, label):
+    return (label, item)
+
+
+class NoItem:
+    def process(self):
+        pass
+
+
+class FinishWithArgument:
+    def process(self, item):
+        pass
+
+    def finish(self, counts):
+        yield from counts
+
+
+class Join:
+    def process(self, left, right):
+        return (left, right)
+
+
+def lines(path):
+    yield from open(path)
+
+
+class GenerateWithArgument:
+    def generate(self, count):
+        yield from range(count)
+
+
+@pytest.mark.parametrize("kind, code, expected", [
+    ("node", tick, "node 'tick': tick() cannot be called with one item (it takes no parameters); "
+                   "a node's function takes the item as its only argument"),
+    ("node", tag, "node 'tag': tag(item, *, label) cannot be called with one item (it has required keyword-only "
+                  "parameter label); a node's function takes the item as its only argument"),
+    ("node", NoItem, "node 'NoItem': NoItem.process(self) cannot be called with one item (it takes no parameters "
+                     "besides self); process() takes the item as its only argument"),
+    ("node", FinishWithArgument, "node 'FinishWithArgument': FinishWithArgument.finish(self, counts) cannot be "
+                                 "called without arguments (it has 1 required parameter besides self); setup(), "
+                                 "finish() and teardown() take no arguments"),
+    ("sink", Join(), "sink 'Join': Join.process(self, left, right) cannot be called with one item (it has 2 "
+                     "required parameters besides self); process() takes the item as its only argument"),
+    ("source", lines, "source 'lines': lines(path) cannot be called without arguments (it has 1 required "
+                      "parameter); a source's function takes no arguments"),
+    ("source", GenerateWithArgument, "source 'GenerateWithArgument': GenerateWithArgument.generate(self, count) "
+                                     "cannot be called without arguments (it has 1 required parameter besides "
+                                     "self); generate() takes no arguments"),
+], ids=["function-without-item", "required-keyword-only", "process-without-item", "finish-with-argument",
+        "object-taking-two-items", "source-function-with-argument", "generate-with-argument"])
+def test_code_the_runtime_cannot_call_as_it_will_is_rejected_at_declaration(kind, code, expected):
+    topo = Topology("t")
+    inputs = {} if kind == "source" else {"inputs": make_source(topo)}
+    with pytest.raises(TopologyError, match=re.escape(expected)):
+        getattr(topo, kind)(code, **inputs)
+
+
+def add(offset, item):
+    return offset + item
+
+
+def scale(item, factor=2):
+    return item * factor
+
+
+def first(*items):
+    return items[0]
+
+
+def with_offset(function):
+    @functools.wraps(function)
+    def wrapper(item):
+        return function(1, item)
+
+    return wrapper
+
+
+class Static:
+    @staticmethod
+    def process(item):
+        return item
+
+    @classmethod
+    def setup(cls):
+        pass
+
+
+@pytest.mark.parametrize("code", [functools.partial(add, 1), scale, first, with_offset(add), Static, Static(),
+                                  str.upper])
+def test_partials_defaults_star_args_wrappers_static_and_class_methods_are_accepted(code):
+    topo = Topology("t")
+    numbers = make_source(topo)
+    assert topo.node(code, inputs=numbers, name="accepted").code is code
+
+
+def test_code_whose_signature_cannot_be_read_is_taken_as_it_is():
+    topo = Topology("t")
+    numbers = make_source(topo)
+    assert topo.sink(print, inputs=numbers).name == "print"
+
+
 def test_empty_topology_is_rejected():
     with pytest.raises(TopologyError, match=re.escape("topology 'void' has no nodes")):
         Topology("void").check()
@@ -186,3 +292,25 @@ def test_empty_topology_is_rejected():
 def test_context_outside_a_node_raises():
     with pytest.raises(FlowgraphError, match="only available inside a running node"):
         context()
+
+
+def test_a_class_node_that_needs_arguments_to_be_made_is_rejected():
+    topo = Topology("made")
+
+    @topo.source
+    def numbers():
+        yield 1
+
+    class Store:
+        def __init__(self, path):
+            self.path = path
+
+        def process(self, item):
+            pass
+
+    expected = ("sink 'Store': Store(path) cannot be called without arguments (it has 1 required parameter); "
+                "every replica makes its instance without arguments; give the class its settings as class "
+                "attributes, or declare an instance: topo.sink(Store(...))")
+    with pytest.raises(TopologyError, match=re.escape(expected)):
+        topo.sink(inputs=numbers)(Store)
+    topo.sink(Store("out.db"), inputs=numbers)

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from flowgraph import Topology, broadcast, by_key, context, shuffle
-from flowgraph.dsl import NodeKind
+from flowgraph.model.dsl import NodeKind
 from flowgraph.testing import assert_same_items, run_and_collect
 
 

@@ -23,7 +23,7 @@ def pages(db: Path) -> list[tuple]:
 
 @pytest.mark.parametrize("options", [[], ["--inproc"]])
 def test_crawl_stores_every_page_of_the_bundled_site_in_crawl_db_of_the_current_directory(tmp_path, options):
-    code, stdout, stderr = run_cli("run", *options, str(TOPOLOGIES / "crawl.py"), cwd=tmp_path)
+    code, _, stderr = run_cli("run", *options, str(TOPOLOGIES / "crawl.py"), cwd=tmp_path)
     assert code == 0, stderr
     db = tmp_path / "crawl.db"
     assert f"[store/0@localhost] stored 42 pages in table 'pages' of {db}" in stderr
@@ -39,7 +39,7 @@ def test_crawl_stores_every_page_of_the_bundled_site_in_crawl_db_of_the_current_
 
 def test_crawl_db_can_be_chosen_with_set(tmp_path):
     db = tmp_path / "out" / "valley.db"
-    code, stdout, stderr = run_cli("run", str(TOPOLOGIES / "crawl.py"), "--set", f"db={db}", cwd=tmp_path)
+    code, _, stderr = run_cli("run", str(TOPOLOGIES / "crawl.py"), "--set", f"db={db}", cwd=tmp_path)
     assert code == 0, stderr
     assert f"of {db}" in stderr
     assert len(pages(db)) == 42
@@ -59,7 +59,7 @@ def json_lines(path: Path) -> list:
 
 @pytest.mark.parametrize("options", [[], ["--inproc"]])
 def test_wordcount_stores_the_count_of_every_word_of_the_bundled_texts_in_wordcount_jsonl(tmp_path, options):
-    code, stdout, stderr = run_cli("run", *options, str(TOPOLOGIES / "wordcount.py"), cwd=tmp_path)
+    code, _, stderr = run_cli("run", *options, str(TOPOLOGIES / "wordcount.py"), cwd=tmp_path)
     assert code == 0, stderr
     texts = sorted((TOPOLOGIES / "texts").glob("*.txt"))
     expected = word_counts(*texts)
@@ -72,6 +72,7 @@ def test_wordcount_stores_the_count_of_every_word_of_the_bundled_texts_in_wordco
     ]
 
 
+@pytest.mark.slow
 def test_wordcount_counts_the_texts_set_names_into_the_file_set_names_afresh_each_run(tmp_path):
     (tmp_path / "books").mkdir()
     (tmp_path / "books" / "a.txt").write_text("The heron and the wren.\n\nA wren!\n")
@@ -79,7 +80,7 @@ def test_wordcount_counts_the_texts_set_names_into_the_file_set_names_afresh_eac
     (tmp_path / "books" / "skipped.md").write_text("heron heron heron\n")
     args = ["run", str(TOPOLOGIES / "wordcount.py"), "--set", "texts=books/*.txt", "--set", "out=out/counts.jsonl"]
     for _ in range(2):
-        code, stdout, stderr = run_cli(*args, cwd=tmp_path)
+        code, _, stderr = run_cli(*args, cwd=tmp_path)
         assert code == 0, stderr
         assert json_lines(tmp_path / "out" / "counts.jsonl") == [
             {"word": "the", "count": 3}, {"word": "heron", "count": 2}, {"word": "wren", "count": 2},
@@ -92,7 +93,7 @@ def test_wordcount_counts_the_texts_set_names_into_the_file_set_names_afresh_eac
 
 def count_primes_with_cli(tmp_path: Path, *options: str) -> tuple[dict, str]:
     """Run tasks.py below 100,000 in chunks of 5,000 (20 chunks): (primes.json, stderr)."""
-    code, stdout, stderr = run_cli("run", *options, str(TOPOLOGIES / "tasks.py"), "--set", "n=100000",
+    code, _, stderr = run_cli("run", *options, str(TOPOLOGIES / "tasks.py"), "--set", "n=100000",
                                    "--set", "chunk=5000", cwd=tmp_path)
     assert code == 0, stderr
     return json.loads((tmp_path / "primes.json").read_text()), stderr
@@ -126,7 +127,7 @@ def test_tasks_by_key_sends_each_chunk_to_the_same_replica_in_every_run(tmp_path
 
 
 def test_tasks_fails_naming_an_unknown_assign_mode(tmp_path):
-    code, stdout, stderr = run_cli("run", str(TOPOLOGIES / "tasks.py"), "--set", "assign=hash", cwd=tmp_path)
+    code, _, stderr = run_cli("run", str(TOPOLOGIES / "tasks.py"), "--set", "assign=hash", cwd=tmp_path)
     assert code == 1
     assert "ValueError: --set assign= must be 'round-robin' or 'key', got 'hash'" in stderr
     assert not (tmp_path / "primes.json").exists()
@@ -157,7 +158,7 @@ def assert_statistics_and_thumbnail(row: dict, image_path: Path, thumbnails: Pat
 
 
 def test_images_makes_a_thumbnail_and_a_row_for_every_test_image_over_several_replicas(tmp_path):
-    code, stdout, stderr = run_cli("run", str(TOPOLOGIES / "images.py"), cwd=tmp_path)
+    code, _, stderr = run_cli("run", str(TOPOLOGIES / "images.py"), cwd=tmp_path)
     assert code == 0, stderr
     db, thumbnails = tmp_path / "images.db", tmp_path / "thumbnails"
     assert f"[save/0@localhost] saved 40 thumbnails in {thumbnails}" in stderr
@@ -181,7 +182,7 @@ def test_images_reads_the_directory_set_names_and_writes_where_set_says_replacin
     (pictures / "notes.txt").write_text("not a picture\n")
     args = ["--set", "images=pictures", "--set", "thumbnails=out/thumbs", "--set", "db=out/pictures.db"]
     for options in [["--inproc"], []]:
-        code, stdout, stderr = run_cli("run", *options, str(TOPOLOGIES / "images.py"), *args, cwd=tmp_path)
+        code, _, stderr = run_cli("run", *options, str(TOPOLOGIES / "images.py"), *args, cwd=tmp_path)
         assert code == 0, stderr
         thumbnails, db = tmp_path / "out" / "thumbs", tmp_path / "out" / "pictures.db"
         assert f"saved 2 thumbnails in {thumbnails}" in stderr
@@ -199,6 +200,7 @@ def test_images_reads_the_directory_set_names_and_writes_where_set_says_replacin
     assert not (tmp_path / "images-in").exists() and not (tmp_path / "images.db").exists()
 
 
+@pytest.mark.slow
 def test_crawl_twice_in_one_directory_stores_the_pages_once(tmp_path):
     for _ in range(2):
         code, _, stderr = run_cli("run", str(TOPOLOGIES / "crawl.py"), cwd=tmp_path)

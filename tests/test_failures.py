@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 
 import psutil
 import pytest
 
-from flowgraph import RunFailed, RunInterrupted, Topology, context, run
+from flowgraph import RunFailed, RunInterrupted, Timeouts, Topology, context, run
 from helpers import SLOW_TOPOLOGY, Cli, processes_of_this_session, reap, still_running, write_topology
 
 
@@ -283,3 +284,71 @@ def test_a_frozen_replica_fails_the_run_when_its_heartbeat_stops(tmp_path):
         assert cli.wait(60) == 1
         assert "node 'Store' replica 0 on localhost stopped answering: no heartbeat for 10 s" in cli.output
         assert not psutil.pid_exists(store.pid) or store.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_failed_run_reports_failed_and_the_counters_as_far_as_they_got(mode):
+    topo = Topology("fails-late")
+
+    @topo.source
+    def numbers():
+        yield from range(20_000)
+
+    @topo.sink(inputs=numbers)
+    def store(n):
+        if n == 10_000:
+            raise ValueError("item 10000 is bad")
+
+    with pytest.raises(RunFailed) as caught:
+        run(topo, inproc=mode == "inproc")
+    report = caught.value.report
+    assert report.status == "failed"
+    assert report.summary().startswith("topology 'fails-late' (" + mode + "): failed after ")
+    assert 0 < report["store"].items_in <= 10_000 and report["numbers"].items_out >= 10_000
+    assert report["store"].replicas[0].error.startswith("node 'store' replica 0 on localhost failed in process()")
+
+
+def test_an_interrupted_run_reports_interrupted_and_each_replica_counters_and_time(tmp_path):
+    path = write_topology(tmp_path, SLOW_TOPOLOGY)
+    with Cli("run", str(path)) as cli:
+        cli.wait_for_line("sink is working")
+        cli.signal(signal.SIGINT)
+        assert cli.wait(10) == 130
+        output = cli.output
+    assert "topology 'slow' (local): interrupted after " in output
+    store = next(line for line in output.splitlines() if line.startswith("Store "))
+    items_in, time_s = store.split()[3], store.split()[5]
+    assert int(items_in) >= 1000 and float(time_s) > 0, store
+
+
+def test_timeouts_reach_the_launcher_and_every_worker(tmp_path):
+    """A frozen replica is given up after the run's own ``local_silence_s``, not the default 10 s."""
+    pid_file = tmp_path / "pid"
+    topo = Topology("frozen")
+
+    @topo.source
+    def numbers():
+        yield from range(1_000_000)
+
+    @topo.sink(inputs=numbers)
+    def store(n):
+        if n == 1000:
+            pid_file.write_text(str(os.getpid()))
+        time.sleep(0.001)
+
+    failure: list[BaseException] = []
+
+    def launch() -> None:
+        try:
+            run(topo, timeouts=Timeouts(local_silence_s=1.5))
+        except RunFailed as error:
+            failure.append(error)
+
+    launcher = threading.Thread(target=launch)
+    launcher.start()
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline and launcher.is_alive():
+        time.sleep(0.05)
+    psutil.Process(int(pid_file.read_text())).suspend()
+    launcher.join(30)
+    assert not launcher.is_alive() and failure
+    assert "node 'store' replica 0 on localhost stopped answering: no heartbeat for 1.5 s" in str(failure[0])

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from flowgraph import HostError, RunFailed, Topology, by_key, context, run
-from flowgraph.hosts import Host, parse_hosts, read_hosts_file
+from flowgraph.model.hosts import Host, parse_hosts, read_hosts_file
 from flowgraph.testing import assert_same_items, run_and_collect
 from helpers import SLOW_TOPOLOGY, Cli, run_cli, still_running, write_topology
 from test_equivalence import ordered_sinks, random_dag
@@ -85,7 +85,7 @@ def test_the_cli_prefixes_remote_output_with_node_replica_and_host(test_hosts, t
         def store(n):
             pass
     """)
-    code, stdout, stderr = run_cli("run", str(path), *test_hosts.options())
+    code, _, stderr = run_cli("run", str(path), *test_hosts.options())
     assert code == 0, stderr
     for line in ("[hello/0@h1] hello from h1", "[hello/1@h2] hello from h2", "[hello/2@h3] hello from h3"):
         assert line in stderr
@@ -136,6 +136,7 @@ def test_a_host_whose_processes_are_killed_fails_the_run_naming_it(test_hosts, t
         test_hosts.restart_sshd("h2")
 
 
+@pytest.mark.slow
 def test_a_host_cut_off_the_network_fails_the_run_and_its_workers_exit(test_hosts, tmp_path):
     path = write_topology(tmp_path, SLOW_TOPOLOGY)
     with Cli("run", str(path), *test_hosts.options()) as cli:
@@ -257,7 +258,7 @@ def test_a_host_without_flowgraph_or_with_another_version_is_named(test_hosts, t
     site = next((tmp_path / "bare" / "lib").glob("python3*")) / "site-packages" / "flowgraph"
     site.mkdir(parents=True)
     (site / "__init__.py").write_text('__version__ = "0.0.1"\n')
-    with pytest.raises(HostError, match="host 'h1' has flowgraph 0.0.1 for .*, the launcher has 0.1.0"):
+    with pytest.raises(HostError, match=r"host 'h1' has flowgraph 0.0.1 for .*, the launcher has 0.1.0"):
         run(topo, hosts=["h1"], ssh_config=test_hosts.ssh_config, remote_python=bare_python)
 
 
@@ -303,6 +304,6 @@ def test_host_names_and_hosts_files_are_parsed_and_bad_ones_named(tmp_path):
 def test_the_crawl_example_runs_over_hosts(test_hosts, tmp_path):
     crawl = Path(__file__).resolve().parents[1] / "topologies" / "crawl.py"
     db = tmp_path / "crawl.db"  # the hosts share this machine's files; their working directory is ~
-    code, stdout, stderr = run_cli("run", str(crawl), "--set", f"db={db}", *test_hosts.options(), cwd=tmp_path)
+    code, _, stderr = run_cli("run", str(crawl), "--set", f"db={db}", *test_hosts.options(), cwd=tmp_path)
     assert code == 0, stderr
     assert f"stored 42 pages in table 'pages' of {db}" in stderr

@@ -31,8 +31,7 @@ import pytest
 
 import nodes.http
 from flowgraph import Topology
-from flowgraph.context import Context, set_context
-from flowgraph.testing import run_and_collect
+from flowgraph.testing import replica_context, run_and_collect
 from helpers import drive_sink
 from nodes.http import MAX_REDIRECTS, Fetch, FetchError, HTTPStatusError
 from nodes.sqlite import SQLiteStore, count_rows
@@ -740,14 +739,8 @@ def _select(path: Path, sql: str) -> list[tuple[Any, ...]]:
 @pytest.fixture
 def run_params() -> Iterator[Callable[..., None]]:
     """Sets the context of a running replica with the given run parameters."""
-
-    def set_params(**params: str) -> None:
-        set_context(Context("store", 0, 1, "localhost", params))
-
-    try:
-        yield set_params
-    finally:
-        set_context(None)
+    with contextlib.ExitStack() as stack:
+        yield lambda **params: stack.enter_context(replica_context("store", params=params))
 
 
 def test_sqlite_store_creates_the_table_from_the_first_row_with_inferred_types(tmp_path):

@@ -6,6 +6,7 @@ nodes in a real run, once with threads and once with processes (``mode``).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -20,8 +21,7 @@ from typing import Any
 import pytest
 
 from flowgraph import RunFailed, Topology
-from flowgraph.context import Context, set_context
-from flowgraph.testing import run_and_collect
+from flowgraph.testing import replica_context, run_and_collect
 from helpers import drive_sink
 from nodes.files import FLUSH_LINES, ReadFiles, ReadJsonLines, ReadLines, WriteJsonLines
 
@@ -32,14 +32,13 @@ HINT = "paths are read on the replica's host, relative to its current directory"
 def as_replica() -> Iterator[Callable[..., None]]:
     """Sets the context of replica ``replica`` of ``parallelism``, with run parameters."""
 
-    def set_replica(replica: int = 0, parallelism: int = 1, **params: str) -> None:
-        set_context(Context("files", replica, parallelism, "localhost", params))
+    with contextlib.ExitStack() as stack:
 
-    set_replica()
-    try:
+        def set_replica(replica: int = 0, parallelism: int = 1, **params: str) -> None:
+            stack.enter_context(replica_context("files", replica, parallelism, params=params))
+
+        set_replica()
         yield set_replica
-    finally:
-        set_context(None)
 
 
 def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from flowgraph import Topology, broadcast
-from flowgraph.progress import node_rows
+from flowgraph.cli.progress import node_rows
+from flowgraph.wire.control import EdgeStats, ReplicaStats
 from helpers import run_cli, write_topology
 
 SLOW_SINK = """
@@ -52,9 +53,8 @@ def three_nodes() -> Topology:
 
 
 def counters(items_in=0, items_out=0, busy_s=0.0, blocked=None):
-    return {"items_in": items_in, "items_out": items_out, "busy_s": busy_s, "started_at": 1.0,
-            "edges": {name: {"items": 0, "batches": 0, "bytes": 0, "blocked_s": seconds}
-                      for name, seconds in (blocked or {}).items()}}
+    return ReplicaStats(items_in=items_in, items_out=items_out, busy_s=busy_s, started_at=1.0,
+                        edges={name: EdgeStats(blocked_s=seconds) for name, seconds in (blocked or {}).items()})
 
 
 def test_the_node_whose_input_is_full_and_output_is_not_is_the_bottleneck():

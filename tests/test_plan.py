@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
 from flowgraph import Topology, broadcast, by_key
-from flowgraph.dsl import GroupingKind
-from flowgraph.plan import BufferSettings, describe_plan, plan_run
+from flowgraph.model.dsl import GroupingKind
+from flowgraph.model.plan import BufferSettings, describe_plan, plan_run
 
 
 def crawl() -> Topology:
@@ -127,6 +128,41 @@ def test_replicas_spread_round_robin_over_hosts_and_pinned_nodes_stay_on_theirs(
     assert [r.host for r in plan.replicas] == ["h1", "h2", "h1", "db", "db"]
 
 
+def test_an_unknown_node_is_a_key_error_listing_the_nodes_of_the_plan():
+    with pytest.raises(KeyError, match=re.escape(
+            "no node 'parse' in the plan of topology 'crawl' (nodes: urls, fetch, analyze, store)")):
+        crawl().check().node("parse")
+
+
+def test_a_replica_index_beyond_the_parallelism_is_a_key_error_giving_the_node_s_indexes():
+    with pytest.raises(KeyError, match=re.escape(
+            "no replica 'fetch/4' in the plan of topology 'crawl' (node 'fetch' has replicas 0 to 3)")):
+        crawl().check().replica("fetch", 4)
+
+
+def test_a_replica_of_a_node_with_one_replica_is_a_key_error_giving_its_only_index():
+    with pytest.raises(KeyError, match=re.escape(
+            "no replica 'urls/1' in the plan of topology 'crawl' (node 'urls' has replica 0 only)")):
+        crawl().check().replica("urls", 1)
+
+
+def test_a_replica_of_an_unknown_node_is_a_key_error_listing_the_nodes_of_the_plan():
+    with pytest.raises(KeyError, match=re.escape(
+            "no replica 'parse/0' in the plan of topology 'crawl' "
+            "(no node 'parse'; nodes: urls, fetch, analyze, store)")):
+        crawl().check().replica("parse", 0)
+
+
+def test_a_host_that_runs_no_replica_is_a_key_error_listing_the_hosts_of_the_plan():
+    topo = Topology("placed")
+    topo.source(lambda: iter(()), name="one")
+    plan = topo.check(hosts=["h1", "h2"])
+    with pytest.raises(KeyError, match=re.escape(
+            "no host 'h2' in the plan of topology 'placed' "
+            "(hosts: h1; a host that runs no replica is not in the plan)")):
+        plan.host("h2")
+
+
 def random_topology(rng: random.Random, size: int) -> Topology:
     topo = Topology(f"random{size}")
     names = []
@@ -138,8 +174,8 @@ def random_topology(rng: random.Random, size: int) -> Topology:
         else:
             upstream = rng.sample(names, rng.randint(1, min(3, len(names))))
             groupings = [rng.choice([None, by_key(lambda x: x), broadcast()]) for _ in upstream]
-            inputs = {u: g for u, g in zip(upstream, groupings) if g is not None}
-            inputs.update({u: by_key(str) for u, g in zip(upstream, groupings) if g is None})
+            inputs = {u: g for u, g in zip(upstream, groupings, strict=True) if g is not None}
+            inputs.update({u: by_key(str) for u, g in zip(upstream, groupings, strict=True) if g is None})
             topo.node(lambda x: x, inputs=inputs, name=name, parallelism=parallelism)
         names.append(name)
     return topo

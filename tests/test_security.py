@@ -9,8 +9,9 @@ import socket
 import psutil
 import zmq
 
-from flowgraph import wire
-from flowgraph._keys import key_bytes, replica_for_key
+from flowgraph.wire import frames as wire
+from flowgraph.wire.control import Envelope, Stop, decode_control, encode_control
+from flowgraph.wire.keys import key_bytes, replica_for_key
 from helpers import Cli, write_topology
 
 TOPOLOGY = """
@@ -130,11 +131,12 @@ def test_frames_without_the_runs_token_are_never_decoded():
     assert wire.decode_header(os.urandom(wire.TOKEN_BYTES), header) is None
     assert wire.decode_header(token, header[:-1]) is None
     assert wire.decode_header(token, b"x" * len(header)) is None
-    control = wire.encode_control(token, "done", {"a": 1}, attachment=[1, 2])
-    assert wire.decode_control(token, control) == ("done", {"a": 1}, [1, 2])
-    assert wire.decode_control(os.urandom(wire.TOKEN_BYTES), control) is None
-    assert wire.decode_control(token, [control[0], b"\xff", b"{}"]) is None
-    assert wire.decode_control(token, [control[0], b"k", b"[1]"]) is None
+    control = encode_control(token, Stop("done"), replica="a/0", attachment=[1, 2])
+    assert decode_control(token, control) == Envelope(Stop("done"), "a/0", [1, 2])
+    assert decode_control(os.urandom(wire.TOKEN_BYTES), control) is None
+    assert decode_control(token, [control[0], b"\xff", b"{}"]) is None
+    assert decode_control(token, [control[0], b"stop", b"[1]"]) is None
+    assert decode_control(token, [control[0], b"stop", b'{"because": "no such field"}']) is None
 
 
 def test_by_key_hash_is_the_same_in_processes_with_different_hash_seeds():
@@ -146,7 +148,7 @@ def test_by_key_hash_is_the_same_in_processes_with_different_hash_seeds():
     for seed in ("1", "2", "random"):
         output = subprocess.run(
             [sys.executable, "-c",
-             "from flowgraph._keys import replica_for_key;"
+             "from flowgraph.wire.keys import replica_for_key;"
              f"print([replica_for_key(k, 7) for k in {keys!r}])"],
             env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, timeout=30, check=True,
         ).stdout

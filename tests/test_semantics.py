@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flowgraph import BufferSettings, Topology, broadcast, by_key, context, run, worker
+from flowgraph import BufferSettings, Timeouts, Topology, broadcast, by_key, context, run
 from flowgraph.testing import run_and_collect
 
 
@@ -209,13 +209,12 @@ def test_an_empty_source_still_ends_the_run_and_runs_every_finish(mode):
     assert sorted(result["store"]) == ["finished 0", "finished 1", "finished 2"]
 
 
-def test_the_last_end_of_stream_ends_a_replica_at_once(monkeypatch):
+def test_the_last_end_of_stream_ends_a_replica_at_once():
     """A replica whose last end of stream comes while it flushes ends then, not at its next idle wake-up.
 
     The idle wait is made an hour long, so a missed end of stream would hang the test (its timeout fails it).
-    Threads share the patched module; a chain of parallel stages, run a few times, meets the race.
+    A chain of parallel stages, run a few times, meets the race.
     """
-    monkeypatch.setattr(worker, "_IDLE_WAIT_MS", 3_600_000)
     topo = Topology("chain-of-pairs")
     topo.source(lambda: iter(range(100)), name="ticks")
     upstream = "ticks"
@@ -224,7 +223,7 @@ def test_the_last_end_of_stream_ends_a_replica_at_once(monkeypatch):
         upstream = name
     topo.sink(lambda n: None, inputs=upstream, name="end")
     for _ in range(10):
-        assert run(topo, inproc=True)["end"].items_in == 100
+        assert run(topo, inproc=True, timeouts=Timeouts(idle_wait_s=3600))["end"].items_in == 100
 
 
 def test_a_diamond_with_different_parallelism_ends_and_delivers_both_paths(mode):

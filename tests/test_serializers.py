@@ -8,9 +8,10 @@ import numpy
 import pytest
 import zmq
 
-from flowgraph import Topology, wire
-from flowgraph.serializers import OUT_OF_BAND_BYTES, PickleEncoder, decode_items
+from flowgraph import Topology
 from flowgraph.testing import run_and_collect
+from flowgraph.wire import frames as wire
+from flowgraph.wire.serializers import OUT_OF_BAND_BYTES, PickleEncoder, decode_items
 
 BIG = OUT_OF_BAND_BYTES
 

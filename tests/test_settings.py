@@ -7,7 +7,7 @@ import re
 import pytest
 
 from flowgraph import BufferSettings, RunFailed, Topology, TopologyError, broadcast, by_key, run, shuffle
-from flowgraph.plan import describe_plan, plan_run
+from flowgraph.model.plan import describe_plan, plan_run
 from flowgraph.testing import assert_same_items, run_and_collect
 
 

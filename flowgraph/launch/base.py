@@ -1,4 +1,4 @@
-"""What every launch backend provides, and the configuration a worker is started with."""
+"""What every launch backend provides, and the per-run configuration workers are started from."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..plan import ReplicaPlan
-from ..security import Curve
+from ..model.plan import ReplicaPlan
+from ..runtime.config import WorkerConfig
+from ..runtime.security import Curve
+from ..runtime.sockets import Wiring
+from ..settings import Timeouts
 
 
 @dataclass(frozen=True)
@@ -35,15 +38,15 @@ class Site:
     """Where data sockets bind: ``tcp://127.0.0.1``, ``tcp://0.0.0.0`` or ``inproc://...``."""
     advertise: str | None
     """The address other replicas use to reach this worker's sockets (None: as bound)."""
-    launcher_timeout_s: float
+    silence_s: float
     """The worker stops when the launcher is silent this long."""
     sys_path: tuple[str, ...] = ()
     """The launcher's sys.path, for workers on this machine."""
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    """The per-run part of a worker's configuration."""
+class RunConfig:
+    """The per-run part of every worker's configuration; ``for_replica`` adds the replica's own."""
 
     token: bytes
     control: str
@@ -52,33 +55,37 @@ class WorkerConfig:
     """cloudpickle of the plan."""
     nodes: Mapping[str, bytes]
     """cloudpickle of each node's spec, by node name."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: frozenset[str] = frozenset()
     log_level: int = logging.WARNING
     curve: Curve | None = None
     """The run's CURVE keys when it leaves this machine; None for local runs."""
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """The text of the user's source files, for tracebacks on every host."""
 
     @property
     def control_port(self) -> str:
         return self.control.rsplit(":", 1)[1]
 
-    def for_replica(self, replica: ReplicaPlan, site: Site) -> dict[str, Any]:
-        """The configuration of one worker, as plain data (sent on its stdin)."""
-        return {
-            "token": self.token,
-            "control": site.control,
-            "plan": self.plan,
-            "node": self.nodes[replica.node],
-            "bind_base": site.bind_base,
-            "advertise": site.advertise,
-            "params": dict(self.params),
-            "collect": replica.node in self.collect,
-            "log_level": self.log_level,
-            "curve": self.curve,
-            "replica": (replica.node, replica.index),
-            "sys_path": list(site.sys_path),
-            "launcher_timeout_s": site.launcher_timeout_s,
-        }
+    def for_replica(self, replica: ReplicaPlan, site: Site) -> WorkerConfig:
+        """The configuration of one worker."""
+        return WorkerConfig(
+            token=self.token,
+            control=site.control,
+            node=replica.node,
+            index=replica.index,
+            plan=self.plan,
+            code=self.nodes[replica.node],
+            wiring=Wiring(site.bind_base, site.advertise, self.curve),
+            timeouts=self.timeouts,
+            silence_s=site.silence_s,
+            params=dict(self.params),
+            collect=replica.node in self.collect,
+            log_level=self.log_level,
+            sys_path=site.sys_path,
+            sources=self.sources,
+        )
 
 
 def local_sys_path() -> tuple[str, ...]:
@@ -94,7 +101,7 @@ class Backend(Protocol):
     heartbeat_timeout_s: float | None
     """Fail a replica whose heartbeat is missing this long; None: never (threads)."""
 
-    def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None: ...
+    def start(self, replicas: Sequence[ReplicaPlan], config: RunConfig) -> None: ...
 
     def exits(self) -> list[Exit]: ...
 

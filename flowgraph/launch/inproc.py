@@ -22,11 +22,11 @@ from typing import IO
 
 import zmq
 
-from ..agent import Agent, finish_pipe
-from ..counters import Counters
-from ..plan import ReplicaPlan
-from ..worker import run_configured
-from .base import Exit, Site, WorkerConfig
+from ..model.plan import ReplicaPlan
+from ..runtime.agent import Agent
+from ..runtime.counters import Counters
+from ..runtime.replica import run_configured
+from .base import Exit, RunConfig, Site
 
 _thread_label = threading.local()
 
@@ -45,23 +45,27 @@ class InprocBackend:
         self._threads: dict[str, threading.Thread] = {}
         self._results: dict[str, bool] = {}
         self._reported: set[str] = set()
-        self._saved_stdio = sys.stdout, sys.stderr
-        # As from worker processes: what replicas print goes to stderr, prefixed.
-        sys.stdout, sys.stderr = _PrefixingStream(sys.stdout, sys.stderr), _PrefixingStream(sys.stderr, sys.stderr)
+        self._saved_stdio: tuple[IO[str], IO[str]] | None = None
 
-    def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
-        """Start one thread per replica, each with its own copy of the node code."""
+    def start(self, replicas: Sequence[ReplicaPlan], config: RunConfig) -> None:
+        """Start one thread per replica, each with its own copy of the node code.
+
+        From here until ``close()``, what replicas print goes to stderr,
+        prefixed, as from worker processes.
+        """
+        self._saved_stdio = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _PrefixingStream(sys.stdout, sys.stderr), _PrefixingStream(sys.stderr, sys.stderr)
         for replica in replicas:
             thread = threading.Thread(target=self._run, args=(replica, config), daemon=True,
                                       name=f"flowgraph-{replica.id}")
             self._threads[replica.id] = thread
             thread.start()
 
-    def _run(self, replica: ReplicaPlan, config: WorkerConfig) -> None:
+    def _run(self, replica: ReplicaPlan, config: RunConfig) -> None:
         _thread_label.prefix = f"[{replica.id}@{replica.host}] "
         counters = Counters()
-        agent = Agent(self._context, config.control, config.token, replica.id,
-                      on_stop=lambda reason: None, counters=counters, launcher_timeout_s=math.inf)
+        agent = Agent(self._context, config.control, config.token, replica.id, on_stop=lambda reason: None,
+                      counters=counters, heartbeat_s=config.timeouts.heartbeat_s, silence_s=math.inf)
         pipe = agent.pipe()
         agent.start()
         try:
@@ -69,7 +73,7 @@ class InprocBackend:
             self._results[replica.id] = run_configured(config.for_replica(replica, site), self._context, pipe,
                                                        counters)
         finally:
-            finish_pipe(pipe)
+            pipe.detach()
             agent.join()
 
     def exits(self) -> list[Exit]:
@@ -95,7 +99,9 @@ class InprocBackend:
 
     def close(self) -> None:
         """Give the process its own stdout and stderr back."""
-        sys.stdout, sys.stderr = self._saved_stdio
+        if self._saved_stdio is not None:
+            sys.stdout, sys.stderr = self._saved_stdio
+            self._saved_stdio = None
 
 
 class _PrefixingStream(io.TextIOBase):

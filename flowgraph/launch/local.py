@@ -5,12 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ..plan import ReplicaPlan
-from ._processes import ProcessBackend
-from .base import Site, WorkerConfig, local_sys_path
-
-LAUNCHER_TIMEOUT_S = 10.0
-"""A local worker also stops when the launcher is silent this long (it dies with stdin anyway)."""
+from ..model.plan import ReplicaPlan
+from ..settings import Timeouts
+from .base import RunConfig, Site, local_sys_path
+from .processes import ProcessBackend
 
 
 def worker_command() -> list[str]:
@@ -23,16 +21,19 @@ class LocalBackend(ProcessBackend):
 
     mode = "local"
     control_bind = "tcp://127.0.0.1"
-    heartbeat_timeout_s: float | None = 10.0
 
-    def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
+    def __init__(self, timeouts: Timeouts) -> None:
+        super().__init__()
+        self.heartbeat_timeout_s: float | None = timeouts.local_silence_s
+
+    def start(self, replicas: Sequence[ReplicaPlan], config: RunConfig) -> None:
         """Start one process per replica, then hand each its configuration.
 
         Configurations are written once every process is starting: a write
         larger than the pipe buffer waits for its worker to read it, and the
         others start meanwhile.
         """
-        site = Site(config.control, "tcp://127.0.0.1", None, LAUNCHER_TIMEOUT_S, local_sys_path())
+        site = Site(config.control, "tcp://127.0.0.1", None, config.timeouts.local_silence_s, local_sys_path())
         for replica in replicas:
             self._processes.spawn(replica.id, f"{replica.id}@{replica.host}", worker_command())
         for replica in replicas:

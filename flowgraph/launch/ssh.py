@@ -14,7 +14,7 @@ runs in BatchMode (never a password prompt; your ssh config and agent
 apply), the configuration, token and CURVE keys go over ssh's stdin, and
 stdout/stderr come back through ssh. When the launcher dies or kills the ssh
 client, the remote worker's stdin closes and it exits; when the network is
-cut, both sides notice the missing heartbeats within ``LAUNCHER_TIMEOUT_S``.
+cut, both sides notice the missing heartbeats within ``Timeouts.remote_silence_s``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 from .._version import __version__
 from ..errors import HostError
-from ..hosts import Host
-from ..plan import Plan, ReplicaPlan
-from ._processes import ProcessBackend, describe_status
-from .base import Site, WorkerConfig, local_sys_path
+from ..model.hosts import Host
+from ..model.plan import Plan, ReplicaPlan
+from ..settings import Timeouts
+from .base import RunConfig, Site, local_sys_path
 from .local import worker_command
+from .processes import ProcessBackend, describe_status
 
 SSH_OPTIONS = (
     "-o", "BatchMode=yes",
@@ -42,9 +43,6 @@ SSH_OPTIONS = (
     "-o", "ServerAliveInterval=1",
     "-o", "ServerAliveCountMax=3",
 )
-LAUNCHER_TIMEOUT_S = 3.0
-"""Workers of a run over hosts stop when the launcher is silent this long (and vice versa)."""
-PROBE_TIMEOUT_S = 20.0
 DEFAULT_PYTHON = "python3"
 
 _PROBE = """
@@ -92,25 +90,25 @@ def ssh_command(host: Host, settings: SshSettings, remote_command: str) -> list[
     return [*command, host.destination, remote_command]
 
 
-def probe_hosts(hosts: Iterable[Host], settings: SshSettings) -> dict[str, HostInfo]:
+def probe_hosts(hosts: Iterable[Host], settings: SshSettings, timeout_s: float) -> dict[str, HostInfo]:
     """Probe every host in parallel; raises one ``HostError`` listing every host that cannot run workers."""
     hosts = list(hosts)
     with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        results = list(pool.map(lambda host: _probe(host, settings), hosts))
+        results = list(pool.map(lambda host: _probe(host, settings, timeout_s), hosts))
     errors = [result for result in results if isinstance(result, str)]
     if errors:
         raise HostError("\n".join(errors))
     return {info.host.name: info for info in results if isinstance(info, HostInfo)}
 
 
-def _probe(host: Host, settings: SshSettings) -> HostInfo | str:
+def _probe(host: Host, settings: SshSettings, timeout_s: float) -> HostInfo | str:
     python = host.python or settings.remote_python or DEFAULT_PYTHON
     command = ssh_command(host, settings, f"exec {shlex.quote(python)} -c {shlex.quote(_PROBE)}")
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                                 stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return f"host {host.name!r} did not answer over ssh within {PROBE_TIMEOUT_S:.0f} s"
+        return f"host {host.name!r} did not answer over ssh within {timeout_s:g} s"
     said = _last_line(result.stderr)
     if result.returncode == 255:
         return f"cannot reach host {host.name!r} over ssh: {said}"
@@ -158,31 +156,32 @@ class SshBackend(ProcessBackend):
 
     mode = "hosts"
     control_bind = "tcp://0.0.0.0"
-    heartbeat_timeout_s: float | None = LAUNCHER_TIMEOUT_S
 
-    def __init__(self, plan: Plan, settings: SshSettings) -> None:
+    def __init__(self, plan: Plan, settings: SshSettings, timeouts: Timeouts) -> None:
         """Probe every remote host of ``plan``; raises ``HostError`` before anything starts."""
         self._plan = plan
         self._settings = settings
-        self._infos = probe_hosts((host for host in plan.hosts if not host.is_local), settings)
+        self._infos = probe_hosts((host for host in plan.hosts if not host.is_local), settings, timeouts.probe_s)
         self._launcher_address = settings.advertise or next(iter(self._infos.values())).launcher_address
+        self.heartbeat_timeout_s: float | None = timeouts.remote_silence_s
         super().__init__()
 
-    def start(self, replicas: Sequence[ReplicaPlan], config: WorkerConfig) -> None:
+    def start(self, replicas: Sequence[ReplicaPlan], config: RunConfig) -> None:
         """Start a worker per replica (ssh for remote ones), then hand each its configuration."""
         port = config.control_port
+        silence_s = config.timeouts.remote_silence_s
         sites = {}
         for replica in replicas:
             host = self._plan.host(replica.host)
             label = f"{replica.id}@{replica.host}"
             if host.is_local:
                 sites[replica.id] = Site(f"tcp://127.0.0.1:{port}", "tcp://0.0.0.0", self._launcher_address,
-                                         LAUNCHER_TIMEOUT_S, local_sys_path())
+                                         silence_s, local_sys_path())
                 self._processes.spawn(replica.id, label, worker_command())
                 continue
             info = self._infos[host.name]
             sites[replica.id] = Site(f"tcp://{info.launcher_address}:{port}", "tcp://0.0.0.0", info.address,
-                                     LAUNCHER_TIMEOUT_S)
+                                     silence_s)
             remote = f"exec {shlex.quote(info.python)} -u -m flowgraph worker"
             self._processes.spawn(replica.id, label, ssh_command(host, self._settings, remote),
                                   describe=functools.partial(_describe_ssh, host.name))

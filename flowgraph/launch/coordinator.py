@@ -1,0 +1,265 @@
+"""The launcher side of the control plane.
+
+One ROUTER socket; every worker's agent connects a DEALER to it. A run goes
+(the messages are in ``wire.control``):
+
+1. every replica registers the endpoints it bound (ports are picked by the
+   kernel, never hard-coded);
+2. the launcher sends everyone the address book; replicas connect, wait for
+   their broadcast subscribers and run ``setup()``, then report ready;
+3. when all are ready the launcher sends start (the start barrier);
+4. replicas report done (with their counters) or failed;
+5. when all are done the launcher sends shutdown; a replica keeps its
+   sockets open until then, so no tail of a stream is lost at close.
+
+Heartbeats go both ways every ``Timeouts.heartbeat_s``. Any failure, a
+replica whose process ends before it is done, or a missing heartbeat fails
+the run with ``RunFailed`` naming node, replica and host. After a failure
+or an interrupt, ``stop`` asks every replica to stop and keeps listening
+while they end, so the report has their last counters. Messages without
+this run's token are logged and dropped before anything in them is decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ..errors import Phase, RunFailed
+from ..model.plan import Plan, ReplicaPlan
+from ..runtime.security import Curve
+from ..runtime.sockets import Wiring, describe_rejection, monitor_handshakes
+from ..settings import Timeouts
+from ..wire.control import (
+    AddressBook,
+    Done,
+    Failed,
+    Heartbeat,
+    Message,
+    Ready,
+    Register,
+    ReplicaStats,
+    Shutdown,
+    Start,
+    Stop,
+    decode_control,
+    encode_control,
+)
+from .base import Backend, Exit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What a replica reported when it finished cleanly."""
+
+    stats: ReplicaStats
+    collected: list[Any] | None
+
+
+class Coordinator:
+    """Drives one run: address book, start barrier, heartbeats, completion, failure, stop."""
+
+    def __init__(self, context: zmq.Context, plan: Plan, token: bytes, backend: Backend, timeouts: Timeouts,
+                 curve: Curve | None = None) -> None:
+        self._plan = plan
+        self._token = token
+        self._backend = backend
+        self._timeouts = timeouts
+        self._replicas: dict[str, ReplicaPlan] = {r.id: r for r in plan.replicas}
+        wiring = Wiring(backend.control_bind, curve=curve)
+        self._socket = context.socket(zmq.ROUTER)
+        self._socket.linger = 0
+        wiring.secure(self._socket, serve=True)
+        self.endpoint = wiring.bind(self._socket, "control")
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._monitor: zmq.Socket | None = None
+        if not wiring.is_inproc:
+            self._monitor = context.socket(zmq.PAIR)
+            self._monitor.connect(monitor_handshakes(self._socket))
+            self._poller.register(self._monitor, zmq.POLLIN)
+        self._identities: dict[str, bytes] = {}
+        self._last_seen: dict[str, float] = {}
+        self._endpoints: dict[str, dict[str, str]] = {}
+        self._ready: set[str] = set()
+        self._done: dict[str, Finished] = {}
+        self._rejected = 0
+        self._stopping = False
+        self.started_at: float | None = None
+        """``time.monotonic()`` when the start barrier opened."""
+        self.live: dict[str, ReplicaStats] = {}
+        """The latest counters of each replica (from heartbeats, then from done or failed)."""
+        self.last_heard_at: dict[str, float] = {}
+        """Wall-clock time (epoch seconds) each replica was last heard from."""
+        self.ended: set[str] = set()
+        """Replicas whose process or thread has ended."""
+
+    def serve(self, on_tick: Callable[[], None] | None = None) -> dict[str, Finished]:
+        """Run the protocol until every replica is done; raises ``RunFailed``.
+
+        ``on_tick`` is called about ten times a second (the progress view).
+        """
+        timeouts = self._timeouts
+        register_deadline = time.monotonic() + timeouts.register_s
+        book_sent = start_sent = False
+        next_beat = 0.0
+        total = len(self._replicas)
+        while len(self._done) < total:
+            self._receive(timeouts.stop_check_ms)
+            now = time.monotonic()
+            if now >= next_beat:
+                self._broadcast(Heartbeat())
+                next_beat = now + timeouts.heartbeat_s
+            self._check_exits()
+            self._check_heartbeats(now)
+            if not book_sent and len(self._endpoints) == total:
+                self._broadcast(AddressBook(self._endpoints))
+                book_sent = True
+            if not start_sent and len(self._ready) == total:
+                self.started_at = time.monotonic()
+                self._broadcast(Start())
+                start_sent = True
+            if not book_sent and now > register_deadline:
+                missing = sorted(set(self._replicas) - set(self._endpoints))
+                raise self._failure(missing[0], f"did not register within {timeouts.register_s:g} s")
+            if on_tick is not None:
+                on_tick()
+        self._broadcast(Shutdown())
+        return self._done
+
+    def stop(self, reason: str) -> bool:
+        """Ask every replica that ever spoke to stop; kill what is left after the grace. True if all ended.
+
+        Meanwhile it keeps listening: a stopped replica's last counters
+        arrive in a last heartbeat, and errors of other replicas are only
+        logged now.
+        """
+        self._stopping = True
+        self._broadcast(Stop(reason))
+        if self._wait_for_exits(self._timeouts.stop_grace_s):
+            return True
+        self._backend.kill()
+        return self._wait_for_exits(self._timeouts.stop_grace_s)
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+        self._socket.close()
+
+    def _wait_for_exits(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self._backend.wait(0):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._receive(max(1, min(self._timeouts.stop_check_ms, int(left * 1000))))
+        self._receive(0)
+        return True
+
+    def _receive(self, timeout_ms: int) -> None:
+        """Handle every message that arrives within ``timeout_ms``."""
+        events = dict(self._poller.poll(timeout_ms))
+        if self._socket in events:
+            while self._socket.poll(0):
+                self._handle(self._socket.recv_multipart())
+        if self._monitor is not None and self._monitor in events:
+            log.warning("rejected a connection to the control port %s (not a worker of this run)",
+                        describe_rejection(recv_monitor_message(self._monitor)))
+
+    def _handle(self, frames: list[bytes]) -> None:
+        identity, *rest = frames
+        envelope = decode_control(self._token, rest)
+        if envelope is None or envelope.replica not in self._replicas:
+            self._rejected += 1
+            if self._rejected <= 5 or self._rejected % 1000 == 0:
+                log.warning("rejected a control message not from this run (%d frames); %d so far",
+                            len(rest), self._rejected)
+            return
+        replica_id, message = envelope.replica, envelope.message
+        self._identities[replica_id] = identity
+        self._last_seen[replica_id] = time.monotonic()
+        self.last_heard_at[replica_id] = time.time()
+        if isinstance(message, Register):
+            self._endpoints[replica_id] = dict(message.endpoints)
+        elif isinstance(message, Ready):
+            self._ready.add(replica_id)
+        elif isinstance(message, Heartbeat):
+            if message.stats is not None:
+                self.live[replica_id] = message.stats
+        elif isinstance(message, Done):
+            self._done[replica_id] = Finished(message.stats, envelope.attachment)
+            self.live[replica_id] = message.stats
+        elif isinstance(message, Failed):
+            self.live[replica_id] = message.stats
+            failure = self._failure(
+                replica_id,
+                f"failed in {message.phase.description}: {message.message}",
+                phase=message.phase,
+                remote_traceback=message.traceback,
+                item=message.item,
+            )
+            if self._stopping:
+                log.warning("while stopping: %s", failure.args[0])
+                return
+            raise failure
+        else:
+            log.warning("%s sent %s, which only the launcher sends", replica_id, type(message).__name__)
+
+    def _check_exits(self) -> None:
+        for ended in self._backend.exits():
+            self.ended.add(ended.replica)
+            if ended.replica in self._done and ended.clean:
+                continue
+            if ended.replica in self._done:
+                log.warning("%s %s after it was done", ended.replica, ended.description)
+                continue
+            self._await_last_words()
+            raise self._failure(ended.replica, _died(ended), signal_name=ended.signal_name)
+
+    def _await_last_words(self) -> None:
+        """Handle what arrives for ``last_words_s``: a replica that failed may end before its error arrives.
+
+        Its error message travels through its agent's socket, which delivers
+        after the replica's thread or process is gone; the error (raised
+        here) names the cause, where the exit alone would only say it died.
+        """
+        deadline = time.monotonic() + self._timeouts.last_words_s
+        while (left := deadline - time.monotonic()) > 0:
+            if self._socket.poll(max(1, int(left * 1000))):
+                self._handle(self._socket.recv_multipart())
+
+    def _check_heartbeats(self, now: float) -> None:
+        timeout = self._backend.heartbeat_timeout_s
+        if timeout is None:
+            return
+        for replica_id, seen in self._last_seen.items():
+            if replica_id not in self._done and now - seen > timeout:
+                raise self._failure(replica_id, f"stopped answering: no heartbeat for {timeout:g} s")
+
+    def _broadcast(self, message: Message) -> None:
+        frames = encode_control(self._token, message)
+        for identity in self._identities.values():
+            self._socket.send_multipart([identity, *frames])
+
+    def _failure(self, replica_id: str, what: str, phase: Phase = Phase.RUNTIME, **details: Any) -> RunFailed:
+        replica = self._replicas[replica_id]
+        message = f"node {replica.node!r} replica {replica.index} on {replica.host} {what}"
+        if details.get("item") is not None:
+            message += f"\n  while processing item: {details['item']}"
+        return RunFailed(message, node=replica.node, replica=replica.index, host=replica.host, phase=phase,
+                         **details)
+
+
+def _died(ended: Exit) -> str:
+    text = f"died: {ended.description}"
+    if ended.stderr_tail:
+        text += "; its last output:\n" + ended.stderr_tail.rstrip()
+    return text

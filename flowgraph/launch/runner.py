@@ -1,0 +1,279 @@
+"""``run()``: plan a topology, start its replicas, drive the run, report or fail.
+
+A run has four phases, each its own function: ``_prepare`` (validate and
+plan, pickle the code: nothing started yet), ``_open`` (probe the hosts,
+then the ZeroMQ context, CURVE, the coordinator and the backend, each
+closed by one ``ExitStack`` whatever happens next), ``_drive`` (start the
+workers and serve the control plane until every replica is done; on a
+failure or an interrupt, stop everything and attach a partial report) and
+``_report``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import zmq
+
+from ..errors import HostError, RunFailed, RunInterrupted, TopologyError
+from ..model.dsl import Topology, TopologySpec
+from ..model.plan import Plan, plan_run, replica_id
+from ..model.report import NodeReport, ReplicaReport, RunReport
+from ..runtime.security import Curve, start_authenticator
+from ..settings import BufferSettings, Timeouts
+from ..wire.control import ReplicaStats
+from ..wire.pickling import dump_for_workers, source_texts
+from .base import Backend, RunConfig
+from .coordinator import Coordinator, Finished
+from .inproc import InprocBackend
+from .local import LocalBackend
+from .ssh import SshBackend, SshSettings
+
+log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """A view of a run in progress (``flowgraph.cli.progress.LiveTable``, ``ProgressLines``)."""
+
+    def update(self, live: Mapping[str, ReplicaStats], alive: set[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run(
+    topology: Topology | TopologySpec,
+    *,
+    hosts: str | Sequence[str] | None = None,
+    inproc: bool = False,
+    params: Mapping[str, Any] | None = None,
+    hwm: int | None = None,
+    buffers: BufferSettings | None = None,
+    collect: Iterable[str] = (),
+    log_level: int = logging.WARNING,
+    ssh_config: str | None = None,
+    remote_python: str | None = None,
+    advertise: str | None = None,
+    progress: Callable[[Plan], Progress] | None = None,
+    timeouts: Timeouts | None = None,
+) -> RunReport:
+    """Run ``topology`` to its end and return a ``RunReport``.
+
+    Every replica is a fresh local process, or with ``inproc=True`` a thread
+    of this process (same wire code, for debugging). ``hosts`` (``"h1,h2"``,
+    ``"@FILE"`` or a list) spreads replicas over machines through ssh (see
+    ``flowgraph.model.hosts``; ``ssh_config``, ``remote_python`` and
+    ``advertise`` are ``--ssh-config``, ``--remote-python`` and
+    ``--advertise``). ``progress`` makes a view from the plan (see
+    ``flowgraph.cli.progress``) that gets the replicas' counters while the
+    run goes. ``params`` reach nodes as ``context().params``. ``hwm``
+    overrides the high-water mark (in batches) of every data socket;
+    ``buffers`` replaces the topology's batching and serializer settings (an
+    edge's own still win). ``collect`` names nodes whose received items are
+    returned in ``RunReport.collected`` (see ``flowgraph.testing``).
+    ``timeouts`` (``flowgraph.Timeouts``) sets how long the run waits for
+    what, in the launcher and in every worker.
+
+    Raises ``TopologyError`` before anything starts if the topology is
+    invalid, ``HostError`` if a host cannot run workers; ``RunFailed``
+    (node, replica, host, traceback) if a replica fails or dies, after every
+    replica was stopped; ``RunInterrupted`` on Ctrl-C (KeyboardInterrupt),
+    after every replica was stopped. Both carry a partial ``report``.
+
+    >>> from flowgraph import Topology, run
+    >>> topo = Topology("squares")
+    >>> @topo.source
+    ... def numbers():
+    ...     yield from range(4)
+    >>> @topo.sink(inputs=numbers)
+    ... def show(n):
+    ...     print(n * n)
+    >>> run(topo, inproc=True, progress=None).status  # doctest: +SKIP
+    'ok'
+    """
+    settings = _RunSettings(
+        hosts=hosts, inproc=inproc, params=dict(params or {}), hwm=hwm, buffers=buffers, collect=frozenset(collect),
+        log_level=log_level, ssh=SshSettings(ssh_config, remote_python, advertise), timeouts=timeouts or Timeouts(),
+    )
+    spec, plan = _prepare(topology, settings)
+    with contextlib.ExitStack() as stack:
+        launch = _open(stack, spec, plan, settings)
+        view = progress(plan) if progress is not None else None
+        if view is not None:
+            stack.callback(view.close)
+        finished = _drive(launch, view)
+    launch.ended = time.monotonic()
+    return _report(plan, launch, {replica: done.stats for replica, done in finished.items()}, "ok",
+                   collected=_collected(plan, finished))
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    hosts: str | Sequence[str] | None
+    inproc: bool
+    params: Mapping[str, Any]
+    hwm: int | None
+    buffers: BufferSettings | None
+    collect: frozenset[str]
+    log_level: int
+    ssh: SshSettings
+    timeouts: Timeouts
+
+
+@dataclass
+class _Workers:
+    """Whether replicas may still hold sockets of the launcher's ZeroMQ context (threads of an inproc run)."""
+
+    running: bool = False
+
+    def terminate(self, context: zmq.Context) -> None:
+        """Terminate ``context``, unless replicas that could not be stopped still use it (it would hang)."""
+        if not self.running:
+            context.term()
+
+
+@dataclass
+class _Launch:
+    """What ``_open`` made for a run; closed by its ``ExitStack``."""
+
+    plan: Plan
+    backend: Backend
+    coordinator: Coordinator
+    config: RunConfig
+    workers: _Workers
+    launched: float
+    """``time.monotonic()`` before any worker started."""
+    ended: float = 0.0
+    """``time.monotonic()`` when the run ended (0 while it runs)."""
+
+
+def _prepare(topology: Topology | TopologySpec, settings: _RunSettings) -> tuple[TopologySpec, Plan]:
+    """Validate and plan: raises ``TopologyError`` or ``HostError`` before anything starts."""
+    spec = topology.spec() if isinstance(topology, Topology) else topology
+    plan = plan_run(spec, hosts=settings.hosts, buffers=settings.buffers, hwm=settings.hwm)
+    unknown = sorted(settings.collect - {node.name for node in plan.nodes})
+    if unknown:
+        raise TopologyError(f"cannot collect from {', '.join(map(repr, unknown))}: "
+                            f"no such node in topology {spec.name!r}")
+    if settings.inproc and not plan.is_local:
+        raise HostError("--inproc runs every replica as a thread of this process; it cannot use other hosts")
+    return spec, plan
+
+
+def _open(stack: contextlib.ExitStack, spec: TopologySpec, plan: Plan, settings: _RunSettings) -> _Launch:
+    """Probe the hosts (``HostError`` before anything starts), then make what drives the run, closed by ``stack``."""
+    timeouts = settings.timeouts
+    plan_blob, node_blobs = dump_for_workers(spec, plan)
+    hosts_backend = None if plan.is_local else SshBackend(plan, settings.ssh, timeouts)
+    if hosts_backend is not None:
+        stack.callback(hosts_backend.close)
+    workers = _Workers()
+    context = zmq.Context()
+    stack.callback(workers.terminate, context)
+    curve = None if plan.is_local else Curve.generate()
+    if curve is not None:
+        stack.callback(start_authenticator(context, curve).stop)
+    backend: Backend
+    if settings.inproc:
+        backend = InprocBackend(context)
+        stack.callback(backend.close)
+    else:
+        backend = hosts_backend or LocalBackend(timeouts)
+        if hosts_backend is None:
+            stack.callback(backend.close)
+    token = secrets.token_bytes(16)
+    coordinator = Coordinator(context, plan, token, backend, timeouts, curve)
+    stack.callback(coordinator.close)
+    config = RunConfig(
+        token=token, control=coordinator.endpoint, plan=plan_blob, nodes=node_blobs, timeouts=timeouts,
+        params=settings.params, collect=settings.collect, log_level=settings.log_level, curve=curve,
+        sources=source_texts(spec),
+    )
+    return _Launch(plan, backend, coordinator, config, workers, time.monotonic())
+
+
+def _drive(launch: _Launch, view: Progress | None) -> dict[str, Finished]:
+    """Start every worker and serve the run to its end; on a failure or an interrupt, stop everything first."""
+    coordinator, backend = launch.coordinator, launch.backend
+    on_tick = None if view is None else (
+        lambda: view.update(coordinator.live, set(coordinator.live) - coordinator.ended))
+    workers = launch.workers
+    try:
+        workers.running = True
+        backend.start(launch.plan.replicas, launch.config)
+        finished = coordinator.serve(on_tick=on_tick)
+        workers.running = not backend.wait(launch.config.timeouts.shutdown_s)
+        if workers.running:
+            log.warning("some replicas did not exit after shutdown; killing them")
+            backend.kill()
+        return finished
+    except RunFailed as failure:
+        workers.running = not coordinator.stop(f"{failure.node}/{failure.replica} failed")
+        failure.report = _partial_report(launch, "failed", failure)
+        raise
+    except (RunInterrupted, KeyboardInterrupt) as caught:
+        workers.running = not coordinator.stop("interrupted")
+        interrupted = caught if isinstance(caught, RunInterrupted) else RunInterrupted(signal.SIGINT)
+        interrupted.report = _partial_report(launch, "interrupted", None)
+        if interrupted is caught:
+            raise
+        raise interrupted from None
+    except BaseException:
+        workers.running = not coordinator.stop("the launcher failed")
+        raise
+
+
+def _collected(plan: Plan, finished: Mapping[str, Finished]) -> dict[str, tuple[tuple[Any, ...], ...]]:
+    collected = {}
+    for node in plan.nodes:
+        batches = [finished[r.id].collected for r in plan.replicas if r.node == node.name]
+        if all(batch is not None for batch in batches):
+            collected[node.name] = tuple(tuple(batch or ()) for batch in batches)
+    return collected
+
+
+def _partial_report(launch: _Launch, status: str, failure: RunFailed | None) -> RunReport:
+    """What the replicas had done when the run stopped: their last counters (a heartbeat, or their failure)."""
+    launch.ended = time.monotonic()
+    errors = {} if failure is None else {replica_id(failure.node, failure.replica): str(failure.args[0])}
+    return _report(launch.plan, launch, launch.coordinator.live, status, errors=errors)
+
+
+def _report(plan: Plan, launch: _Launch, stats: Mapping[str, ReplicaStats], status: str, *,
+            collected: Mapping[str, tuple[tuple[Any, ...], ...]] | None = None,
+            errors: Mapping[str, str] | None = None) -> RunReport:
+    ended = launch.ended or time.monotonic()
+    last_heard = launch.coordinator.last_heard_at
+    nodes = {}
+    for node in plan.nodes:
+        replicas = []
+        for replica in (r for r in plan.replicas if r.node == node.name):
+            counters = stats.get(replica.id, ReplicaStats())
+            started_at = counters.started_at
+            ended_at = counters.ended_at or (last_heard.get(replica.id, 0.0) if started_at else 0.0)
+            edges = counters.edges.values()
+            replicas.append(ReplicaReport(
+                node=node.name,
+                replica=replica.index,
+                host=replica.host,
+                items_in=counters.items_in,
+                items_out=counters.items_out,
+                wall_s=max(0.0, ended_at - started_at) if started_at and ended_at else 0.0,
+                busy_s=counters.busy_s,
+                blocked_s=sum(edge.blocked_s for edge in edges),
+                bytes_out=sum(edge.bytes for edge in edges),
+                batches_out=sum(edge.batches for edge in edges),
+                started_at=started_at,
+                ended_at=counters.ended_at,
+                error=(errors or {}).get(replica.id),
+            ))
+        nodes[node.name] = NodeReport(node.name, node.kind.value, tuple(replicas))
+    started = launch.coordinator.started_at or ended
+    return RunReport(plan.topology, launch.backend.mode, nodes, startup_s=started - launch.launched,
+                     wall_s=ended - launch.launched, collected=collected or {}, status=status)

@@ -1,0 +1,602 @@
+"""The Python DSL: ``Topology``, its decorators and the groupings.
+
+Declaring a node records it in a frozen ``NodeSpec`` and returns a
+``Handle`` for later ``inputs=``. Problems visible at declaration (a
+duplicate name, a source with inputs, a node without inputs, a bad
+parallelism, a malformed grouping) raise ``TopologyError`` right there;
+problems of the whole graph (an input named by a string that is never
+declared, a cycle, an unpicklable function) are found by ``Topology.check()``
+and by every run before anything starts. So is code that cannot be called
+as the runtime will call it: a node's function with two required
+parameters, a ``process(self)`` without the item, a source that needs an
+argument (checked with ``inspect.signature``; code whose signature cannot
+be read, such as some builtins, is taken as it is).
+
+No networkx and no ZeroMQ here: this module only describes.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
+
+from ..errors import TopologyError
+from ..settings import check_settings
+
+if TYPE_CHECKING:
+    from .plan import Plan  # plan.py imports this module
+
+
+class GroupingKind(enum.Enum):
+    """How the items of one edge are spread over the consumer's replicas."""
+
+    SHUFFLE = "shuffle"
+    BY_KEY = "by_key"
+    BROADCAST = "broadcast"
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The grouping of one edge; make it with ``shuffle()``, ``by_key()`` or ``broadcast()``."""
+
+    kind: GroupingKind
+    key: str | int | Callable[[Any], Any] | None = None
+    """The field (``item[key]``) or function ``by_key`` routes on; ``None`` otherwise."""
+    settings: tuple[tuple[str, Any], ...] = ()
+    """This edge's own batching and serializer settings (see ``flowgraph.settings``)."""
+
+    def __str__(self) -> str:
+        if self.kind is not GroupingKind.BY_KEY:
+            return str(self.kind.value)
+        if isinstance(self.key, (str, int)):
+            return f"by_key({self.key!r})"
+        return f"by_key({getattr(self.key, '__qualname__', repr(self.key))})"
+
+
+def shuffle(**settings: Any) -> Grouping:
+    """Each item goes to one consumer replica, by demand (the default).
+
+    With several consumer replicas, each grants its producers credit for
+    about 20 ms of its measured work (``flowgraph.credit``) and gets no more,
+    so a slower replica gets fewer items; each still gets its items in the
+    order they were emitted.
+
+    Keywords are this edge's own settings (``batch_items``, ``batch_bytes``,
+    ``linger_ms``, ``hwm``, ``memory_budget_bytes``, ``serializer``; see
+    ``flowgraph.settings.BufferSettings``), e.g. ``shuffle(batch_items=1)``
+    to hand expensive items out one by one.
+
+    >>> str(shuffle())
+    'shuffle'
+    """
+    return Grouping(GroupingKind.SHUFFLE, settings=_settings("shuffle()", settings))
+
+
+def by_key(key: str | int | Callable[[Any], Any], **settings: Any) -> Grouping:
+    """Items with the same key go to the same consumer replica.
+
+    ``key`` is a field (``item[key]``: a dict key, or an index of a tuple)
+    or a function of the item. The
+    replica is chosen from a stable hash of the key (never Python's salted
+    ``hash``), so the mapping is the same in every process and on every host.
+    Keys of type str, bytes, int, float, bool, None and tuples of these hash
+    by value; other keys hash by their pickle. Keywords are the edge's own
+    settings, as for ``shuffle``.
+
+    >>> str(by_key("url"))
+    "by_key('url')"
+    """
+    if isinstance(key, bool) or not (isinstance(key, (str, int)) or callable(key)):
+        raise TopologyError(f"by_key() takes a field name or index, or a function of the item, not {key!r}")
+    return Grouping(GroupingKind.BY_KEY, key, _settings("by_key()", settings))
+
+
+def broadcast(**settings: Any) -> Grouping:
+    """Every consumer replica gets every item; keywords are the edge's own settings, as for ``shuffle``.
+
+    >>> str(broadcast())
+    'broadcast'
+    """
+    return Grouping(GroupingKind.BROADCAST, settings=_settings("broadcast()", settings))
+
+
+def _settings(what: str, settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    problems = check_settings(settings)
+    if problems:
+        raise TopologyError(f"{what}: {'; '.join(problems)}")
+    return tuple(sorted(settings.items()))
+
+
+class NodeKind(enum.Enum):
+    """The three roles a node can have."""
+
+    SOURCE = "source"
+    NODE = "node"
+    SINK = "sink"
+
+
+class Shape(enum.Enum):
+    """The form of the user's code, found once at declaration."""
+
+    FUNCTION = "function"
+    """A plain function: its return value is the output unless it is None."""
+    GENERATOR = "generator"
+    """A generator function: everything it yields is output."""
+    CLASS = "class"
+    """A class: one instance per replica, with setup/process|generate/finish/teardown."""
+    INSTANCE = "instance"
+    """An object with process()/generate(): each replica gets its own copy."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input edge of a node: the upstream node's name and the grouping."""
+
+    upstream: str
+    grouping: Grouping
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A declared node, exactly as the user wrote it."""
+
+    name: str
+    kind: NodeKind
+    code: Any
+    """The user's function, class or object."""
+    shape: Shape
+    parallelism: int
+    inputs: tuple[InputSpec, ...]
+    hosts: tuple[str, ...]
+    """Hosts this node is pinned to (``hosts=``); empty when unpinned."""
+
+
+@dataclass(frozen=True)
+class TopologySpec:
+    """A whole topology as plain data, nodes in declaration order."""
+
+    name: str
+    nodes: tuple[NodeSpec, ...]
+    settings: tuple[tuple[str, Any], ...] = ()
+    """The topology's batching and serializer settings (see ``flowgraph.settings``)."""
+
+    def node(self, name: str) -> NodeSpec:
+        """The node called ``name``; ``KeyError`` if there is none."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+
+class Handle:
+    """What a decorator returns: refers to a declared node, for ``inputs=`` of later nodes.
+
+    ``handle.code`` is the decorated function, class or object, for calling
+    it directly in a unit test.
+    """
+
+    __slots__ = ("topology", "name", "kind", "code")
+
+    def __init__(self, topology: Topology, name: str, kind: NodeKind, code: Any) -> None:
+        self.topology = topology
+        self.name = name
+        self.kind = kind
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"<{self.kind.value} {self.name!r} of topology {self.topology.name!r}>"
+
+
+Upstream = Handle | str | type
+"""An input of a node: its handle or its name, as a type checker sees it.
+
+``type`` is there for mypy, which ignores what a class decorator returns
+(python/mypy#3135): to mypy, ``Count`` in ``@topo.node(...) class Count`` is
+still the class, while at run time it is the ``Handle``. A class that was
+never declared is rejected at run time, with ``TopologyError``.
+"""
+
+InputsArg = Upstream | Sequence[Upstream] | Mapping[Any, Grouping] | None
+"""What ``inputs=`` takes: an upstream, a list of them, or a dict ``{upstream: grouping}``.
+
+A list is a ``Sequence``, not any ``Iterable``, so that a type checker does
+not take a dict with wrong values for an iterable of its keys. The keys of a
+dict are checked at declaration only: ``Mapping`` is invariant in its keys,
+so a ``Mapping[Upstream, Grouping]`` would refuse a ``dict[Handle, Grouping]``
+built beforehand, and a union of mappings leaves a literal mixing handles and
+names without a type.
+"""
+
+
+class Topology:
+    """A dataflow graph of sources, nodes and sinks.
+
+    >>> topo = Topology("double")
+    >>> @topo.source
+    ... def numbers():
+    ...     yield from range(3)
+    >>> @topo.sink(inputs=numbers)
+    ... def show(n):
+    ...     print(n * 2)
+    >>> [node.name for node in topo.spec().nodes]
+    ['numbers', 'show']
+    """
+
+    def __init__(self, name: str, **settings: Any) -> None:
+        """``settings`` apply to every edge (``batch_items``, ``batch_bytes``, ``linger_ms``, ``hwm``,
+        ``memory_budget_bytes``, ``serializer``; see ``flowgraph.settings``); an edge may override them."""
+        if not isinstance(name, str) or not name.strip():
+            raise TopologyError(f"a topology needs a non-empty name, not {name!r}")
+        self.name = name
+        self._settings = _settings(f"topology {name!r}", settings)
+        self._nodes: list[NodeSpec] = []
+
+    def __repr__(self) -> str:
+        return f"Topology({self.name!r}, nodes={[n.name for n in self._nodes]})"
+
+    @overload
+    def source(
+        self,
+        code: None = None,
+        /,
+        *,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+        inputs: None = None,
+    ) -> Callable[[object], Handle]: ...
+
+    @overload
+    def source(
+        self,
+        code: object,
+        /,
+        *,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+        inputs: None = None,
+    ) -> Handle: ...
+
+    def source(
+        self,
+        code: object = None,
+        /,
+        *,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+        inputs: InputsArg = None,
+    ) -> Handle | Callable[[object], Handle]:
+        """Declare a source: a generator function, or a class with ``generate()``.
+
+        Usable bare (``@topo.source``), with keywords
+        (``@topo.source(parallelism=2)``) or called (``topo.source(obj, name=...)``);
+        returns the ``Handle``, or with keywords only the decorator that
+        returns it. Each of ``parallelism`` replicas runs it;
+        ``context().replica`` lets a replica take its share. Raises
+        ``TopologyError`` when given ``inputs=`` or code that cannot be
+        called without arguments.
+        """
+        return self._declare(NodeKind.SOURCE, code, name, parallelism, hosts, inputs)
+
+    @overload
+    def node(
+        self,
+        code: None = None,
+        /,
+        *,
+        inputs: InputsArg = None,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+    ) -> Callable[[object], Handle]: ...
+
+    @overload
+    def node(
+        self,
+        code: object,
+        /,
+        *,
+        inputs: InputsArg = None,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+    ) -> Handle: ...
+
+    def node(
+        self,
+        code: object = None,
+        /,
+        *,
+        inputs: InputsArg = None,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+    ) -> Handle | Callable[[object], Handle]:
+        """Declare a node: a function (return value or generator) or a class with ``process()``.
+
+        ``inputs=`` is a handle, a node name, a list of them, or a dict
+        ``{handle: grouping}``; the default grouping is ``shuffle()``.
+        Returns the ``Handle``, or with keywords only the decorator that
+        returns it. Raises ``TopologyError`` when the function (or
+        ``process``) cannot be called with one item.
+        """
+        return self._declare(NodeKind.NODE, code, name, parallelism, hosts, inputs)
+
+    @overload
+    def sink(
+        self,
+        code: None = None,
+        /,
+        *,
+        inputs: InputsArg = None,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+    ) -> Callable[[object], Handle]: ...
+
+    @overload
+    def sink(
+        self,
+        code: object,
+        /,
+        *,
+        inputs: InputsArg = None,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+    ) -> Handle: ...
+
+    def sink(
+        self,
+        code: object = None,
+        /,
+        *,
+        inputs: InputsArg = None,
+        name: str | None = None,
+        parallelism: int = 1,
+        hosts: Iterable[str] | None = None,
+    ) -> Handle | Callable[[object], Handle]:
+        """Declare a sink: like ``node``, but what it returns or yields is dropped."""
+        return self._declare(NodeKind.SINK, code, name, parallelism, hosts, inputs)
+
+    def spec(self) -> TopologySpec:
+        """The topology as declared so far, as frozen data (not validated as a graph)."""
+        return TopologySpec(self.name, tuple(self._nodes), self._settings)
+
+    def check(self, hosts: str | Iterable[str] | None = None) -> Plan:
+        """Validate the whole topology and return its ``Plan``, starting nothing.
+
+        ``hosts`` (``"h1,h2"``, ``"@FILE"`` or a list) places the replicas
+        as ``run`` would, without contacting any host. Raises
+        ``TopologyError`` naming the node and the problem.
+        """
+        from .plan import plan_run
+
+        return plan_run(self.spec(), hosts=hosts)
+
+    def _declare(
+        self,
+        kind: NodeKind,
+        code: object,
+        name: str | None,
+        parallelism: int,
+        hosts: Iterable[str] | None,
+        inputs: InputsArg,
+    ) -> Handle | Callable[[object], Handle]:
+        def declare(code: object) -> Handle:
+            return self._add(kind, code, name, parallelism, hosts, inputs)
+
+        if code is None:
+            return declare
+        return declare(code)
+
+    def _add(
+        self,
+        kind: NodeKind,
+        code: Any,
+        name: str | None,
+        parallelism: int,
+        hosts: Iterable[str] | None,
+        inputs: InputsArg,
+    ) -> Handle:
+        node_name = name if name is not None else _default_name(code)
+        what = f"{kind.value} {node_name!r}"
+        if not isinstance(node_name, str) or not node_name or "/" in node_name:
+            raise TopologyError(f"{kind.value} name {node_name!r} must be a non-empty string without '/'")
+        if any(node.name == node_name for node in self._nodes):
+            raise TopologyError(
+                f"{what} is declared twice in topology {self.name!r}; "
+                "give one of them another name= "
+            )
+        if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 1:
+            raise TopologyError(f"{what} has parallelism {parallelism!r}; it must be an integer >= 1")
+        if kind is NodeKind.SOURCE:
+            if inputs is not None:
+                raise TopologyError(
+                    f"{what} has inputs; a source generates its items "
+                    "(declare it with @topo.node to give it inputs)"
+                )
+            input_specs: tuple[InputSpec, ...] = ()
+        else:
+            input_specs = self._input_specs(what, inputs)
+        self._nodes.append(
+            NodeSpec(
+                name=node_name,
+                kind=kind,
+                code=code,
+                shape=_checked_shape(what, kind, code),
+                parallelism=parallelism,
+                inputs=input_specs,
+                hosts=_host_tuple(what, hosts),
+            )
+        )
+        return Handle(self, node_name, kind, code)
+
+    def _input_specs(self, what: str, inputs: InputsArg) -> tuple[InputSpec, ...]:
+        if inputs is None or (isinstance(inputs, (list, tuple, dict)) and not inputs):
+            raise TopologyError(
+                f"{what} has no inputs; give it inputs= or declare it with @topo.source"
+            )
+        if isinstance(inputs, Mapping):
+            pairs = list(inputs.items())
+        elif isinstance(inputs, (Handle, str)):
+            pairs = [(inputs, shuffle())]
+        elif isinstance(inputs, Iterable):
+            pairs = [(upstream, shuffle()) for upstream in inputs]
+        else:
+            raise TopologyError(f"{what}: inputs= takes a handle, a name, a list or a dict, not {inputs!r}")
+        specs: list[InputSpec] = []
+        for upstream, grouping in pairs:
+            upstream_name = self._upstream_name(what, upstream)
+            if not isinstance(grouping, Grouping):
+                raise TopologyError(
+                    f"{what}: input {upstream_name!r} has grouping {grouping!r}; "
+                    "expected shuffle(), by_key(...) or broadcast()"
+                )
+            if any(spec.upstream == upstream_name for spec in specs):
+                raise TopologyError(f"{what} lists input {upstream_name!r} twice")
+            specs.append(InputSpec(upstream_name, grouping))
+        return tuple(specs)
+
+    def _upstream_name(self, what: str, upstream: Any) -> str:
+        if isinstance(upstream, str):
+            return upstream
+        if isinstance(upstream, Handle):
+            if upstream.topology is not self:
+                raise TopologyError(
+                    f"{what} lists input {upstream.name!r}, which is declared in topology "
+                    f"{upstream.topology.name!r}, not in {self.name!r}"
+                )
+            if upstream.kind is NodeKind.SINK:
+                raise TopologyError(f"{what} lists sink {upstream.name!r} as input; sinks have no outputs")
+            return upstream.name
+        raise TopologyError(
+            f"{what} lists input {upstream!r}; an input is a handle returned by "
+            "@topo.source/@topo.node or a node name"
+        )
+
+
+def _default_name(code: Any) -> str:
+    if code is None:
+        return ""
+    if inspect.isfunction(code) or inspect.isclass(code):
+        return code.__name__
+    return getattr(code, "__name__", type(code).__name__)
+
+
+def _host_tuple(what: str, hosts: Iterable[str] | None) -> tuple[str, ...]:
+    if hosts is None:
+        return ()
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    result = tuple(hosts)
+    if not result or not all(isinstance(host, str) and host for host in result):
+        raise TopologyError(f"{what}: hosts= takes a non-empty list of host names, not {hosts!r}")
+    return result
+
+
+def _shape_of(what: str, kind: NodeKind, code: Any) -> Shape:
+    method = "generate" if kind is NodeKind.SOURCE else "process"
+    if inspect.isclass(code):
+        if not callable(getattr(code, method, None)):
+            raise TopologyError(f"{what}: class {code.__name__} has no {method}() method")
+        return Shape.CLASS
+    if inspect.isgeneratorfunction(code):
+        return Shape.GENERATOR
+    if inspect.isfunction(code) or inspect.isbuiltin(code) or inspect.ismethod(code):
+        return Shape.FUNCTION
+    if callable(getattr(code, method, None)):
+        return Shape.INSTANCE
+    if callable(code):
+        return Shape.FUNCTION
+    raise TopologyError(
+        f"{what}: expected a function, a class or an object with {method}(), not {code!r}"
+    )
+
+
+def _checked_shape(what: str, kind: NodeKind, code: Any) -> Shape:
+    """The shape of ``code``, after checking that the runtime can call it as it will."""
+    shape = _shape_of(what, kind, code)
+    if shape in (Shape.FUNCTION, Shape.GENERATOR):
+        if kind is NodeKind.SOURCE:
+            _check_call(what, code, 0, "a source's function takes no arguments")
+        else:
+            _check_call(what, code, 1, "a node's function takes the item as its only argument")
+        return shape
+    if shape is Shape.CLASS:
+        _check_call(what, code, 0, "every replica makes its instance without arguments; give the class its "
+                    f"settings as class attributes, or declare an instance: topo.{kind.value}({code.__name__}(...))")
+    if kind is NodeKind.SOURCE:
+        _check_call(what, _method(code, shape, "generate"), 0, "generate() takes no arguments")
+    else:
+        _check_call(what, _method(code, shape, "process"), 1, "process() takes the item as its only argument")
+    for phase in ("setup", "finish", "teardown"):
+        _check_call(what, _method(code, shape, phase), 0, "setup(), finish() and teardown() take no arguments")
+    return shape
+
+
+def _method(code: Any, shape: Shape, name: str) -> Any:
+    """``code``'s method ``name`` as a replica will call it.
+
+    None (not checked) when it is undefined, or on a class neither a
+    function nor a static or class method.
+    """
+    if shape is Shape.INSTANCE:
+        return getattr(code, name, None)
+    attribute = inspect.getattr_static(code, name, None)
+    if isinstance(attribute, (staticmethod, classmethod)):
+        return getattr(code, name)
+    if inspect.isfunction(attribute):
+        return types.MethodType(attribute, object())  # bound to a stand-in: the class is not instantiated here
+    return None
+
+
+def _check_call(what: str, function: Any, item_count: int, hint: str) -> None:
+    """Raise ``TopologyError`` unless ``function`` can be called with ``item_count`` positional items."""
+    if function is None:
+        return
+    bound = 0
+    if inspect.ismethod(function):  # check the function as written, self included
+        function, bound = function.__func__, 1
+    try:  # the runtime calls a functools.wraps wrapper, whatever the function it wraps takes
+        signature = inspect.signature(function, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*[None] * (bound + item_count))
+    except TypeError:
+        pass
+    else:
+        return
+    qualname = getattr(function, "__qualname__", type(function).__qualname__)
+    label = qualname.rpartition("<locals>.")[2]  # Count.process, not make.<locals>.Count.process
+    call = "with one item" if item_count else "without arguments"
+    raise TopologyError(
+        f"{what}: {label}{signature} cannot be called {call} "
+        f"({_why_not(signature, bound, item_count)}); {hint}"
+    )
+
+
+def _why_not(signature: inspect.Signature, bound: int, item_count: int) -> str:
+    """Why ``signature`` does not bind ``bound`` (self) and then ``item_count`` positional arguments."""
+    parameters = list(signature.parameters.values())
+    keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if keyword_only:
+        plural = "s" if len(keyword_only) > 1 else ""
+        return f"it has required keyword-only parameter{plural} {', '.join(keyword_only)}"
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    self_parameter = positional.pop(0) if bound and positional else None
+    besides = f" besides {self_parameter.name}" if self_parameter else ""
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) > item_count:
+        plural = "s" if len(required) > 1 else ""
+        return f"it has {len(required)} required parameter{plural}{besides}"
+    if any(p is not self_parameter for p in parameters):
+        return f"it takes no positional parameters{besides}"
+    return f"it takes no parameters{besides}"

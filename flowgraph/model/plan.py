@@ -1,0 +1,340 @@
+"""The plan: every replica, where it runs, which sockets it binds and connects.
+
+``plan_run(spec)`` is a pure function of the topology and the run settings;
+it starts nothing and opens nothing. ``flowgraph check`` prints the plan and
+tests assert on it.
+
+Sockets per edge (ZeroMQ can't address a chosen peer of a multi-peer PUSH,
+so end of stream and by_key need a socket per pair):
+
+* shuffle and by_key edges: each consumer replica binds one PULL socket
+  (slot ``in``, shared by all its shuffle/by_key inputs); each producer
+  replica connects one PUSH socket to every consumer replica. by_key picks
+  the consumer from the key; end of stream goes down every PUSH.
+* shuffle edges to more than one consumer replica are demand-driven: each
+  producer replica binds a credit socket (a PULL, slot
+  ``credit:<consumer node>``, listed as ``CREDIT``) and each consumer
+  replica connects a PUSH to it (``CREDIT`` too). A consumer grants its
+  producers credit for about 20 ms of its measured work, and a producer
+  sends a consumer no more items than it was granted, so work is not dealt
+  out ahead of time: a replica on a slower core gets less (the mechanism is
+  ``flowgraph.runtime.demand``).
+* broadcast edges: each producer replica binds an XPUB socket (slot
+  ``out:<consumer node>``) with ``XPUB_NODROP`` (a plain PUB drops at its
+  high-water mark) and ``XPUB_MANUAL`` (only subscriptions carrying the run's
+  token are applied, so a stranger's subscription neither receives data nor
+  stalls the run); each consumer replica connects a SUB socket to every
+  producer replica, and producers wait for every subscription before the
+  first item (the slow-joiner problem).
+
+Memory per (producer replica, consumer replica) pair is bounded by
+``BufferSettings``: see ``BufferSettings.pair_bound``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ..settings import BufferSettings, size_text
+from .dsl import Grouping, GroupingKind, NodeKind, TopologySpec
+from .hosts import LOCALHOST, Host, deal, parse_hosts
+
+IN_SLOT = "in"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One node of the plan; ``index`` is its position in topological order."""
+
+    name: str
+    kind: NodeKind
+    index: int
+    parallelism: int
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    """One edge: its grouping, the socket pair carrying it and how many replica pairs it has."""
+
+    upstream: str
+    downstream: str
+    grouping: Grouping
+    producers: int
+    consumers: int
+    buffers: BufferSettings = field(default_factory=BufferSettings)
+    """The effective settings of this edge (defaults, topology, run, then the edge's own)."""
+
+    @property
+    def sockets(self) -> tuple[str, str]:
+        """(producer socket type, consumer socket type)."""
+        if self.grouping.kind is GroupingKind.BROADCAST:
+            return ("XPUB", "SUB")
+        return ("PUSH", "PULL")
+
+    @property
+    def name(self) -> str:
+        return f"{self.upstream}->{self.downstream}"
+
+    @property
+    def uses_credit(self) -> bool:
+        """Items go where credit was granted (a shuffle to more than one consumer replica)."""
+        return self.grouping.kind is GroupingKind.SHUFFLE and self.consumers > 1
+
+
+@dataclass(frozen=True)
+class BindPlan:
+    """A socket a replica binds; its real endpoint goes into the address book."""
+
+    slot: str
+    socket: str
+
+
+@dataclass(frozen=True)
+class ConnectPlan:
+    """A socket a replica connects to the ``slot`` bound by replica ``peer``."""
+
+    socket: str
+    peer: str
+    slot: str
+    edge: str
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """One replica: its node, index, host, sockets and end-of-stream count."""
+
+    node: str
+    index: int
+    kind: NodeKind
+    host: str
+    eos_expected: int
+    """End-of-stream marks to receive (one per upstream replica per input edge) before finish()."""
+    binds: tuple[BindPlan, ...]
+    connects: tuple[ConnectPlan, ...]
+
+    @property
+    def id(self) -> str:
+        return replica_id(self.node, self.index)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run will start, as data."""
+
+    topology: str
+    nodes: tuple[NodePlan, ...]
+    edges: tuple[EdgePlan, ...]
+    replicas: tuple[ReplicaPlan, ...]
+    hosts: tuple[Host, ...] = (Host(LOCALHOST),)
+    """Every host that runs a replica, with its settings."""
+    buffers: BufferSettings = field(default_factory=BufferSettings)
+
+    def host(self, name: str) -> Host:
+        """The host called ``name``; ``KeyError`` naming the plan's hosts if no replica runs there."""
+        found = next((host for host in self.hosts if host.name == name), None)
+        return self._found(found, f"host {name!r}", lambda: (
+            f"hosts: {', '.join(host.name for host in self.hosts)}; a host that runs no replica is not in the plan"))
+
+    @property
+    def is_local(self) -> bool:
+        """True when every replica runs on this machine."""
+        return all(host.is_local for host in self.hosts)
+
+    def node(self, name: str) -> NodePlan:
+        """The node called ``name``; ``KeyError`` naming the plan's nodes if there is none."""
+        found = next((node for node in self.nodes if node.name == name), None)
+        return self._found(found, f"node {name!r}", lambda: f"nodes: {self._node_names()}")
+
+    def replica(self, node: str, index: int) -> ReplicaPlan:
+        """Replica ``index`` of ``node``; ``KeyError`` naming the node's replicas (or the nodes) if there is none."""
+        found = next((r for r in self.replicas if r.node == node and r.index == index), None)
+
+        def known() -> str:
+            indexes = sorted(replica.index for replica in self.replicas if replica.node == node)
+            if not indexes:
+                return f"no node {node!r}; nodes: {self._node_names()}"
+            if len(indexes) == 1:
+                return f"node {node!r} has replica {indexes[0]} only"
+            return f"node {node!r} has replicas {indexes[0]} to {indexes[-1]}"
+
+        return self._found(found, f"replica {replica_id(node, index)!r}", known)
+
+    def _found(self, found: T | None, what: str, known: Callable[[], str]) -> T:
+        """``found``, or ``KeyError`` saying ``what`` is not in the plan and what is (``known``)."""
+        if found is None:
+            raise KeyError(f"no {what} in the plan of topology {self.topology!r} ({known()})")
+        return found
+
+    def _node_names(self) -> str:
+        return ", ".join(node.name for node in self.nodes)
+
+    def edges_from(self, node: str) -> tuple[EdgePlan, ...]:
+        return tuple(edge for edge in self.edges if edge.upstream == node)
+
+    def edges_into(self, node: str) -> tuple[EdgePlan, ...]:
+        return tuple(edge for edge in self.edges if edge.downstream == node)
+
+
+def replica_id(node: str, index: int) -> str:
+    """The name of a replica as shown to users: ``node/index``."""
+    return f"{node}/{index}"
+
+
+def plan_run(
+    spec: TopologySpec,
+    hosts: str | Iterable[str] | Iterable[Host] | None = None,
+    buffers: BufferSettings | None = None,
+    hwm: int | None = None,
+) -> Plan:
+    """Validate ``spec`` and compute its plan; raises ``TopologyError`` (or ``HostError``).
+
+    Settings: ``buffers`` (the run's) replace the topology's; ``hwm``
+    overrides the high-water mark; an edge's own settings win over both.
+
+    Placement: the replicas of nodes without ``hosts=`` are dealt round
+    robin, in plan order, over ``hosts`` (default: this machine; a host with
+    ``slots=N`` takes N turns). A node pinned with ``hosts=`` deals its
+    replicas over those hosts.
+    """
+    from .graph import topological_order  # networkx: not needed by workers, which unpickle plans
+
+    order = topological_order(spec)
+    run_hosts = _hosts(hosts) if hosts else (Host(LOCALHOST),)
+    nodes = tuple(
+        NodePlan(name, spec.node(name).kind, index, spec.node(name).parallelism)
+        for index, name in enumerate(order)
+    )
+    parallelism = {node.name: node.parallelism for node in nodes}
+    base = buffers or BufferSettings().with_overrides(dict(spec.settings))
+    if hwm is not None:
+        base = base.with_overrides({"hwm": hwm})
+    edges = tuple(
+        EdgePlan(edge.upstream, name, edge.grouping, parallelism[edge.upstream], parallelism[name],
+                 base.with_overrides(dict(edge.grouping.settings)))
+        for name in order
+        for edge in spec.node(name).inputs
+    )
+    replicas = []
+    dealt = 0
+    for node in nodes:
+        pinned = spec.node(node.name).hosts
+        if pinned:
+            placed = deal(tuple(_pinned(name, run_hosts) for name in pinned), node.parallelism)
+        else:
+            placed = deal(run_hosts, node.parallelism, start=dealt)
+            dealt += node.parallelism
+        replicas += [_replica(node, index, edges, parallelism, placed[index].name)
+                     for index in range(node.parallelism)]
+    used = {replica.host for replica in replicas}
+    every_host = {host.name: host for host in [*run_hosts, *(_pinned(name, run_hosts) for node in spec.nodes
+                                                           for name in node.hosts)]}
+    return Plan(spec.name, nodes, edges, tuple(replicas),
+                tuple(host for name, host in every_host.items() if name in used), base)
+
+
+def _hosts(hosts: str | Iterable[str] | Iterable[Host]) -> tuple[Host, ...]:
+    if isinstance(hosts, str):
+        return parse_hosts(hosts)
+    given = list(hosts)
+    if all(isinstance(host, Host) for host in given):
+        return tuple(given)  # type: ignore[arg-type]
+    return parse_hosts([str(host) for host in given])
+
+
+def _pinned(name: str, run_hosts: tuple[Host, ...]) -> Host:
+    """A host named by ``hosts=``: the run's host of that name (with its settings), else a new one."""
+    return next((host for host in run_hosts if host.name == name), None) or parse_hosts([name])[0]
+
+
+def _replica(
+    node: NodePlan,
+    index: int,
+    edges: Sequence[EdgePlan],
+    parallelism: dict[str, int],
+    host: str,
+) -> ReplicaPlan:
+    inputs = [edge for edge in edges if edge.downstream == node.name]
+    outputs = [edge for edge in edges if edge.upstream == node.name]
+    binds = []
+    if any(edge.grouping.kind is not GroupingKind.BROADCAST for edge in inputs):
+        binds.append(BindPlan(IN_SLOT, "PULL"))
+    binds += [BindPlan(broadcast_slot(edge.downstream), "XPUB")
+              for edge in outputs if edge.grouping.kind is GroupingKind.BROADCAST]
+    binds += [BindPlan(credit_slot(edge.downstream), "CREDIT") for edge in outputs if edge.uses_credit]
+    connects = []
+    for edge in outputs:
+        if edge.grouping.kind is not GroupingKind.BROADCAST:
+            connects += [ConnectPlan("PUSH", replica_id(edge.downstream, peer), IN_SLOT, edge.name)
+                         for peer in range(edge.consumers)]
+    for edge in inputs:
+        if edge.grouping.kind is GroupingKind.BROADCAST:
+            connects += [ConnectPlan("SUB", replica_id(edge.upstream, peer),
+                                     broadcast_slot(node.name), edge.name)
+                         for peer in range(edge.producers)]
+        elif edge.uses_credit:
+            connects += [ConnectPlan("CREDIT", replica_id(edge.upstream, peer), credit_slot(node.name), edge.name)
+                         for peer in range(edge.producers)]
+    return ReplicaPlan(
+        node=node.name,
+        index=index,
+        kind=node.kind,
+        host=host,
+        eos_expected=sum(parallelism[edge.upstream] for edge in inputs),
+        binds=tuple(binds),
+        connects=tuple(connects),
+    )
+
+
+def broadcast_slot(downstream: str) -> str:
+    """The slot name of the XPUB socket a producer binds for a broadcast edge to ``downstream``."""
+    return f"out:{downstream}"
+
+
+def credit_slot(downstream: str) -> str:
+    """The slot name of the credit socket a producer binds for a demand-driven shuffle edge to ``downstream``."""
+    return f"credit:{downstream}"
+
+
+def describe_plan(plan: Plan) -> str:
+    """The plan as text, as ``flowgraph check`` prints it."""
+    replica_count = len(plan.replicas)
+    lines = [
+        f"topology {plan.topology!r}: {len(plan.nodes)} nodes, {replica_count} replicas, "
+        f"{len(plan.edges)} edges",
+        "",
+        "nodes (topological order):",
+    ]
+    for node in plan.nodes:
+        hosts = sorted({r.host for r in plan.replicas if r.node == node.name})
+        eos = plan.replica(node.name, 0).eos_expected
+        lines.append(
+            f"  {node.name:<20} {node.kind.value:<6} parallelism={node.parallelism}  "
+            f"eos_expected={eos}  hosts={','.join(hosts)}"
+        )
+    lines += ["", "edges:"]
+    for edge in plan.edges:
+        producer, consumer = edge.sockets
+        own = {name: value for name, value in vars(edge.buffers).items() if value != vars(plan.buffers)[name]}
+        lines.append(
+            f"  {edge.name:<30} {edge.grouping!s:<18} {producer}->{consumer}  "
+            f"{edge.producers}x{edge.consumers} pairs"
+            + (f"  [{', '.join(f'{name}={value!r}' for name, value in own.items())}]" if own else "")
+        )
+    buffers = plan.buffers
+    _, _, bound = buffers.pair_bound()
+    lines += [
+        "",
+        f"buffers: batch <= {buffers.batch_items} items / {size_text(buffers.batch_bytes)}, "
+        f"hwm={buffers.effective_hwm} batches per socket, serializer={buffers.serializer}",
+        f"  memory bound per producer->consumer pair: {bound}",
+        "",
+        "sockets:",
+    ]
+    for replica in plan.replicas:
+        parts = [f"bind {b.socket} {b.slot}" for b in replica.binds]
+        parts += [f"{c.socket}->{c.peer}:{c.slot}" for c in replica.connects]
+        lines.append(f"  {replica.id:<24} @{replica.host}: {'; '.join(parts) or '-'}")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""The configuration a worker runs one replica from, sent to it as it is (pickled, on its stdin)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..model.plan import replica_id
+from ..settings import Timeouts
+from .sockets import Wiring
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything one replica needs besides its sockets; the launcher makes one per replica."""
+
+    token: bytes
+    """The run's random token: every data and control message carries it."""
+    control: str
+    """The launcher's control endpoint, as this worker reaches it."""
+    node: str
+    index: int
+    plan: bytes
+    """cloudpickle of the plan (it carries by_key functions)."""
+    code: bytes
+    """cloudpickle of this replica's ``NodeSpec``: only its own node's code loads here."""
+    wiring: Wiring
+    """Where its data sockets bind, what they advertise, the run's CURVE keys."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    silence_s: float = 10.0
+    """It gives the launcher up after this long without a heartbeat (a local or a remote worker's)."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    collect: bool = False
+    """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""
+    log_level: int = logging.WARNING
+    sys_path: tuple[str, ...] = ()
+    """The launcher's sys.path, for workers on this machine."""
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """The text of the user's source files by file name, so tracebacks show their lines on any host."""
+
+    @property
+    def replica_id(self) -> str:
+        return replica_id(self.node, self.index)

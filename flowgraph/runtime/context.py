@@ -1,0 +1,70 @@
+"""``context()``: where the calling node replica runs and what it is working on."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import FlowgraphError
+
+_local = threading.local()
+
+
+class Context:
+    """The running replica's view of itself; get it with ``flowgraph.context()``.
+
+    The object lives as long as the replica; ``input`` changes with every item.
+    """
+
+    __slots__ = ("node", "replica", "parallelism", "host", "input", "params")
+
+    def __init__(
+        self, node: str, replica: int, parallelism: int, host: str, params: Mapping[str, Any]
+    ) -> None:
+        self.node = node
+        """Name of the node this replica belongs to."""
+        self.replica = replica
+        """Index of this replica, ``0 <= replica < parallelism``."""
+        self.parallelism = parallelism
+        """Number of replicas of this node."""
+        self.host = host
+        """The host as named in ``--hosts``; ``"localhost"`` for local replicas."""
+        self.input: str | None = None
+        """Name of the upstream node of the item being processed (``None`` in sources and setup)."""
+        self.params = params
+        """The run's parameters: ``--set KEY=VALUE`` (values are strings) or ``run(params=...)``."""
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(node={self.node!r}, replica={self.replica}, parallelism={self.parallelism}, "
+            f"host={self.host!r}, input={self.input!r})"
+        )
+
+
+def context() -> Context:
+    """The context of the node replica running in this thread.
+
+    >>> from flowgraph import Topology, context
+    >>> topo = Topology("ctx")
+    >>> @topo.source(parallelism=2)
+    ... def numbers():
+    ...     me = context()
+    ...     yield from range(me.replica, 10, me.parallelism)
+
+    Raises ``FlowgraphError`` when called outside a running node.
+    """
+    current = current_context()
+    if current is None:
+        raise FlowgraphError("context() is only available inside a running node")
+    return current
+
+
+def current_context() -> Context | None:
+    """The context of the calling thread, or None outside a running node."""
+    return getattr(_local, "context", None)
+
+
+def set_context(current: Context | None) -> None:
+    """Make ``current`` the context of the calling thread (the worker does this)."""
+    _local.context = current

@@ -1,0 +1,58 @@
+"""Counters of one replica: written by the replica's thread, read by its agent for heartbeats.
+
+Plain attributes, no locks: a reader in another thread sees values at most
+one update old, which is all progress and metrics need. ``snapshot()`` is
+the frozen ``ReplicaStats`` that travels to the launcher.
+"""
+
+from __future__ import annotations
+
+from ..wire.control import EdgeStats, ReplicaStats
+
+
+class EdgeCounters:
+    """Counters of one output edge of a replica (see ``EdgeStats`` for each field)."""
+
+    __slots__ = ("items", "batches", "bytes", "blocked_s")
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.batches = 0
+        self.bytes = 0
+        self.blocked_s = 0.0
+
+    def snapshot(self) -> EdgeStats:
+        return EdgeStats(self.items, self.batches, self.bytes, self.blocked_s)
+
+
+class Counters:
+    """What one replica has done so far."""
+
+    __slots__ = ("items_in", "items_out", "busy_s", "blocked_s", "started_at", "ended_at", "edges")
+
+    def __init__(self) -> None:
+        self.items_in = 0
+        """Items received (a source: 0)."""
+        self.items_out = 0
+        """Items emitted (a sink: 0)."""
+        self.busy_s = 0.0
+        """Time in user code: process(), generate(), finish()."""
+        self.blocked_s = 0.0
+        """Time blocked on backpressure, all output edges together (each edge has its own too)."""
+        self.started_at = 0.0
+        """Wall-clock time (``time.time()``) of the start barrier; 0 before."""
+        self.ended_at = 0.0
+        """Wall-clock time (``time.time()``) it ended, cleanly or not; 0 while it runs."""
+        self.edges: dict[str, EdgeCounters] = {}
+        """Per output edge, by edge name (``upstream->downstream``)."""
+
+    def snapshot(self) -> ReplicaStats:
+        """The counters now, as the frozen record the launcher gets."""
+        return ReplicaStats(
+            items_in=self.items_in,
+            items_out=self.items_out,
+            busy_s=self.busy_s,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            edges={name: counters.snapshot() for name, counters in self.edges.items()},
+        )

@@ -1,0 +1,260 @@
+"""The demand-driven shuffle, both halves: consumers grant credit, producers send no more than granted.
+
+A shuffle edge to several consumer replicas does not deal items out ahead
+of time: a producer sends a consumer only as many items as that consumer
+granted (Flink's credit-based flow control, made load-aware). So a replica
+on a slower core gets less work, and a short stream of expensive items is
+still spread over the replicas.
+
+- Consumer (``Grants``, in the consumer's ``Inputs``): it grants each
+  producer credit for about ``CREDIT_QUEUE_S`` of its own measured work
+  (``credit_window``: busy seconds over items in, at least one item, at most
+  what the edge's ZeroMQ queues hold anyway) and tops a grant up when half
+  of it has arrived (``credit_to_grant``). Before it measured anything it
+  counts on ``CREDIT_START_ITEMS``, which its producers assume too. Credit
+  is counted when a batch is received, not when it was processed: what a
+  consumer owes its producers is what waits in the queues for it.
+- Producer (``DemandEdge``, an output edge): items wait in one queue, in
+  the order they were emitted; a batch is split into consecutive parts, one
+  per consumer that has credit, taking turns which goes first
+  (``split_parts``), each as large as its credit allows. So every consumer
+  gets its items in emission order (FIFO per pair). With no credit anywhere
+  the producer waits (backpressure). End of stream needs no credit.
+
+Credit travels as header-only messages (``Kind.CREDIT``) on a PUSH from each
+consumer replica to a PULL each producer replica binds (plan slot
+``credit:<consumer node>``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from ..model.plan import Plan, ReplicaPlan, credit_slot, replica_id
+from ..wire.frames import Kind, decode_header, encode_header
+from .counters import Counters
+from .edges import AddressBook, EdgeSetup, PushEdge
+from .sockets import Wiring, ready_to_read, send_frames
+
+log = logging.getLogger(__name__)
+
+CREDIT_START_ITEMS = 64
+"""Credit each consumer replica of a demand-driven shuffle edge has before it granted any."""
+CREDIT_QUEUE_S = 0.02
+"""A consumer grants credit for about this much work (its measured seconds per item)."""
+
+
+def credit_window(busy_s: float, items_in: int, most: int) -> int:
+    """How many items a consumer wants waiting for it: ``CREDIT_QUEUE_S`` of its work, from 1 to ``most``.
+
+    >>> credit_window(0.0, 0, 8192), credit_window(1.0, 1000, 8192), credit_window(10.0, 10, 8192)
+    (64, 20, 1)
+    """
+    if busy_s <= 0 or items_in <= 0:
+        return min(CREDIT_START_ITEMS, most)
+    return max(1, min(most, int(items_in / busy_s * CREDIT_QUEUE_S)))
+
+
+def credit_to_grant(granted: int, received: int, window: int) -> int:
+    """More credit to grant a producer: none while more than half the window still waits, else up to the window.
+
+    >>> credit_to_grant(64, 10, 64), credit_to_grant(64, 40, 64)
+    (0, 40)
+    """
+    waiting = granted - received
+    return 0 if waiting > window // 2 else window - waiting
+
+
+def split_parts(count: int, credit: Sequence[int], turn: int, limit: int) -> list[tuple[int, int]]:
+    """How ``count`` queued items leave in one round: ``(consumer, items)`` parts, consecutive and in order.
+
+    Consumers with credit take turns from ``turn``; each part is an equal
+    share of the items, cut to the consumer's credit and to ``limit`` (a
+    batch). What the parts leave is sent in a later round, when more
+    credit came.
+
+    >>> split_parts(10, [64, 64], 1, 1024), split_parts(10, [0, 3, 64], 0, 1024)
+    ([(1, 5), (0, 5)], [(1, 3), (2, 5)])
+    """
+    consumers = len(credit)
+    ready = [index for index in (*range(turn, consumers), *range(turn)) if credit[index] > 0]
+    if not ready:
+        return []
+    share = -(-count // len(ready))
+    parts, left = [], count
+    for index in ready:
+        size = min(share, credit[index], limit, left)
+        parts.append((index, size))
+        left -= size
+        if not left:
+            break
+    return parts
+
+
+@dataclass
+class _Grant:
+    """What one consumer replica granted one producer replica, and what arrived."""
+
+    producer_id: str
+    most: int
+    """The largest grant: what the edge's queues hold (high-water mark times items per batch)."""
+    granted: int = CREDIT_START_ITEMS
+    received: int = 0
+    socket: zmq.Socket | None = None
+
+
+class Grants:
+    """Credit this replica grants the producers of its demand-driven shuffle inputs (the consumer's half)."""
+
+    def __init__(self, plan: Plan, replica: ReplicaPlan, token: bytes, wiring: Wiring, counters: Counters) -> None:
+        self._counters = counters
+        self._wiring = wiring
+        self._token = token
+        self._node = plan.node(replica.node).index
+        self._replica = replica.index
+        self._slot = credit_slot(replica.node)
+        self._grants: dict[tuple[int, int], _Grant] = {
+            (plan.node(edge.upstream).index, producer): _Grant(
+                replica_id(edge.upstream, producer), edge.buffers.effective_hwm * edge.buffers.batch_items)
+            for edge in plan.edges_into(replica.node) if edge.uses_credit
+            for producer in range(edge.producers)
+        }
+        self._owed: set[tuple[int, int]] = set()
+        """Producers whose grant could not be sent (their queue was full): tried again before waiting."""
+
+    def connect(self, context: zmq.Context, address_book: AddressBook) -> None:
+        for grant in self._grants.values():
+            socket = context.socket(zmq.PUSH)
+            socket.linger = 0
+            self._wiring.secure(socket, serve=False)
+            socket.connect(address_book[grant.producer_id][self._slot])
+            grant.socket = socket
+
+    def received(self, producer: tuple[int, int], items: int) -> None:
+        """``items`` arrived from ``producer`` (node index, replica); grant more if half of the grant has arrived."""
+        grant = self._grants.get(producer)
+        if grant is not None:
+            grant.received += items
+            self._top_up(producer, grant)
+
+    def retry(self) -> None:
+        """Send the grants that could not be sent before (call before waiting for input)."""
+        for producer in list(self._owed):
+            self._top_up(producer, self._grants[producer])
+
+    def _top_up(self, producer: tuple[int, int], grant: _Grant) -> None:
+        window = credit_window(self._counters.busy_s, self._counters.items_in, grant.most)
+        more = credit_to_grant(grant.granted, grant.received, window)
+        if not more:
+            return
+        header = encode_header(self._token, Kind.CREDIT, 0, self._node, self._replica, 0, more)
+        assert grant.socket is not None, "connect() comes first"
+        try:
+            grant.socket.send(header, zmq.NOBLOCK)
+        except zmq.Again:
+            self._owed.add(producer)
+            return
+        self._owed.discard(producer)
+        grant.granted += more
+
+    def close(self) -> None:
+        for grant in self._grants.values():
+            if grant.socket is not None:
+                grant.socket.close(linger=0)
+
+
+class DemandEdge(PushEdge):
+    """shuffle to several consumer replicas: each gets no more items than it granted credit for."""
+
+    def __init__(self, setup: EdgeSetup) -> None:
+        super().__init__(setup)
+        self._credit = [CREDIT_START_ITEMS] * self.plan.consumers
+        self._turn = 0
+        self._credit_socket: zmq.Socket | None = None
+        self._credit_poller = zmq.Poller()
+        self._rejected = 0
+
+    def bind(self, context: zmq.Context) -> dict[str, str]:
+        """Create and bind the credit socket its consumers grant credit on."""
+        setup = self.setup
+        socket = setup.wiring.data_socket(context, zmq.PULL, self.buffers)
+        socket.rcvhwm = 1000  # credit messages are a header each, a few per consumer at a time
+        self._credit_socket = socket
+        self._credit_poller.register(socket, zmq.POLLIN)
+        self._credit_poller.register(setup.control.socket, zmq.POLLIN)
+        slot = credit_slot(self.plan.downstream)
+        return {slot: setup.wiring.bind(socket, f"{setup.replica_id}/{slot}")}
+
+    def bound_sockets(self) -> list[zmq.Socket]:
+        return [] if self._credit_socket is None else [self._credit_socket]
+
+    def whole(self) -> int:
+        return self.limit * len(self.sockets)  # a full batch for every consumer
+
+    def _send(self, items: list[Any]) -> None:
+        """Send ``items`` in consecutive parts to consumers with credit, waiting for credit if none has."""
+        started = None
+        while items:
+            self._take_credit()
+            sent = 0
+            parts = split_parts(len(items), self._credit, self._turn, self.limit)
+            for consumer, size in parts:
+                part = items[sent:sent + size]
+                frames = self.frames(consumer, Kind.BATCH, part)
+                try:
+                    send_frames(self.sockets[consumer], frames, zmq.NOBLOCK)
+                except zmq.Again:  # its queue is full all the same
+                    self.seq[consumer] -= 1
+                    break  # the next part starts here: items leave in order
+                self._credit[consumer] -= size
+                self.account(part, frames)
+                sent += size
+                self._turn = (consumer + 1) % len(self.sockets)
+            items = items[sent:]
+            if items and not sent:
+                started = started or time.monotonic()
+                ready = [consumer for consumer, credit in enumerate(self._credit) if credit > 0]
+                control = self.setup.control
+                if control.socket in dict(self._waiting_poller(ready).poll(self.setup.timeouts.stop_check_ms)):
+                    control.raise_if_stopped()
+        if started is not None:
+            self.blocked_since(started)
+
+    def _waiting_poller(self, ready: list[int]) -> zmq.Poller:
+        """What to wait for: credit, a stop, and room in the queues of consumers that have credit."""
+        if not ready:
+            return self._credit_poller
+        poller = zmq.Poller()
+        for socket in (self._credit_socket, self.setup.control.socket):
+            poller.register(socket, zmq.POLLIN)
+        for index in ready:
+            poller.register(self.sockets[index], zmq.POLLOUT)
+        return poller
+
+    def _take_credit(self) -> None:
+        """Add up the credit messages that came; reject what is not from a consumer of this run."""
+        socket = self._credit_socket
+        assert socket is not None, "bind() comes first"
+        setup = self.setup
+        while ready_to_read(socket):
+            frames = socket.recv_multipart(zmq.NOBLOCK)
+            header = decode_header(setup.token, frames[0]) if len(frames) == 1 else None
+            if (header is None or header.kind != Kind.CREDIT or header.node != setup.consumer_node
+                    or not 0 <= header.replica < len(self._credit)):
+                self._rejected += 1
+                if self._rejected <= 5 or self._rejected % 1000 == 0:
+                    log.warning("%s: rejected a %d-frame credit message that is not from this run; %d so far",
+                                self.plan.name, len(frames), self._rejected)
+                continue
+            self._credit[header.replica] += header.items
+
+    def close(self) -> None:
+        super().close()
+        if self._credit_socket is not None:
+            self._credit_socket.close(linger=0)

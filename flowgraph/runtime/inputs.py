@@ -1,0 +1,195 @@
+"""The receiving end of a replica: its PULL and SUB sockets, checked messages, end-of-stream accounting.
+
+``Inputs`` checks every message (header and token before any unpickling),
+keeps per-producer sequence numbers, counts end-of-stream marks and grants
+credit to the producers of demand-driven shuffle inputs (``demand``).
+Waiting also watches the replica's control pipe, so a stop request
+interrupts a replica blocked on an empty input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from ..model.dsl import GroupingKind
+from ..model.plan import IN_SLOT, ConnectPlan, Plan, ReplicaPlan
+from ..settings import BufferSettings
+from ..wire import serializers
+from ..wire.frames import Kind, decode_header, identification, split, topic
+from .counters import Counters
+from .demand import Grants
+from .edges import AddressBook
+from .failures import ProtocolError
+from .pipe import ControlPipe
+from .sockets import Wiring, ready_to_read, recv_frames
+
+log = logging.getLogger(__name__)
+
+BROADCAST = GroupingKind.BROADCAST
+
+
+class Inputs:
+    """The receiving side of a replica: PULL for shuffle/by_key inputs, SUB for broadcast."""
+
+    def __init__(self, plan: Plan, replica: ReplicaPlan, token: bytes, control: ControlPipe, wiring: Wiring,
+                 counters: Counters, stop_check_ms: int) -> None:
+        self._plan = plan
+        self._token = token
+        self._control = control
+        self._wiring = wiring
+        self._stop_check_ms = stop_check_ms
+        self._grants = Grants(plan, replica, token, wiring, counters)
+        self._names = {node.index: node.name for node in plan.nodes}
+        self._producers = {
+            (plan.node(edge.upstream).index, index)
+            for edge in plan.edges_into(replica.node)
+            for index in range(edge.producers)
+        }
+        self._replica = replica
+        self.eos_expected = replica.eos_expected
+        self._ended: set[tuple[int, int]] = set()
+        self._next_seq: dict[tuple[int, int], int] = {}
+        self._rejected = 0
+        self._pull: zmq.Socket | None = None
+        self._sub: zmq.Socket | None = None
+        self._subscribed: list[ConnectPlan] = [c for c in replica.connects if c.socket == "SUB"]
+        self._sockets: list[zmq.Socket] = []
+        self._poller = zmq.Poller()
+        self._turn = 0
+
+    @property
+    def is_done(self) -> bool:
+        """True once end of stream arrived from every upstream replica on every input edge."""
+        return len(self._ended) >= self.eos_expected
+
+    def bound_sockets(self) -> list[zmq.Socket]:
+        """The sockets this side binds (strangers can connect to them)."""
+        return [self._pull] if self._pull is not None else []
+
+    def bind(self, context: zmq.Context) -> dict[str, str]:
+        """Create the PULL and SUB sockets and bind the PULL; returns {slot: endpoint}."""
+        inputs = self._plan.edges_into(self._replica.node)
+        if any(bind.slot == IN_SLOT for bind in self._replica.binds):
+            self._pull = self._wiring.data_socket(context, zmq.PULL, _widest(
+                [edge.buffers for edge in inputs if edge.grouping.kind is not BROADCAST]))
+            self._sockets.append(self._pull)
+        if self._subscribed:
+            self._sub = self._wiring.data_socket(context, zmq.SUB, _widest(
+                [edge.buffers for edge in inputs if edge.grouping.kind is BROADCAST]))
+            # Subscriptions travel SUB -> XPUB and a SUB drops them at its send HWM;
+            # they are a few bytes each, so never limit them.
+            self._sub.sndhwm = 0
+            self._sockets.append(self._sub)
+        for socket in self._sockets:
+            socket.rcvtimeo = self._stop_check_ms  # only a waiting receive blocks (see _recv_waiting)
+        for socket in [*self._sockets, self._control.socket]:
+            self._poller.register(socket, zmq.POLLIN)
+        if self._pull is None:
+            return {}
+        return {IN_SLOT: self._wiring.bind(self._pull, f"{self._replica.id}/{IN_SLOT}")}
+
+    def connect(self, context: zmq.Context, address_book: AddressBook) -> None:
+        """Connect the credit sockets, and the SUB socket to every broadcasting producer and subscribe.
+
+        The data topic is subscribed first, the identification topic after it:
+        when a producer sees the identification, it has seen the data
+        subscription too (they travel in order on one connection).
+        """
+        self._grants.connect(context, address_book)
+        if self._sub is None:
+            return
+        for connect in self._subscribed:
+            self._sub.connect(address_book[connect.peer][connect.slot])
+        self._sub.setsockopt(zmq.SUBSCRIBE, topic(self._token))
+        self._sub.setsockopt(zmq.SUBSCRIBE, identification(self._token, self._replica.index))
+
+    def receive(self) -> tuple[str, list[Any]] | None:
+        """The next batch as (upstream node name, items), or None if none is waiting now.
+
+        End-of-stream marks and rejected messages are consumed on the way.
+        """
+        count = len(self._sockets)
+        for _ in range(count):
+            socket = self._sockets[self._turn]
+            self._turn = (self._turn + 1) % count  # take turns, so no input starves another
+            while ready_to_read(socket):
+                batch = self._accept(recv_frames(socket, zmq.NOBLOCK))
+                if batch is not None:
+                    return batch
+        return None
+
+    def wait_receive(self, wait_ms: int) -> tuple[str, list[Any]] | None:
+        """Like ``receive``, but first waits up to about ``wait_ms`` for a message; raises ``Stopped``.
+
+        Call it when ``receive`` gave None and ``is_done`` is still False.
+        """
+        self._grants.retry()
+        if len(self._sockets) == 1:
+            frames = self._recv_waiting(self._sockets[0], wait_ms)
+            return None if frames is None else self._accept(frames)
+        events = dict(self._poller.poll(wait_ms))
+        if self._control.socket in events:
+            self._control.raise_if_stopped()
+        return self.receive()
+
+    def _recv_waiting(self, socket: zmq.Socket, wait_ms: int) -> list[zmq.Frame] | None:
+        """A message from ``socket``, waiting in ``recv`` itself (a poll first costs tens of µs a hop).
+
+        The wait is cut into pieces of the socket's receive timeout (the
+        run's ``stop_check_s``), between which the control pipe is checked
+        for a stop request.
+        """
+        for _ in range(max(1, wait_ms // self._stop_check_ms)):
+            try:
+                return recv_frames(socket, 0)
+            except zmq.Again:
+                self._control.raise_if_stopped()
+        return None
+
+    def close(self) -> None:
+        """Close without linger: a SUB would otherwise hold its subscriptions for closed peers."""
+        for socket in self._sockets:
+            socket.close(linger=0)
+        self._grants.close()
+
+    def _accept(self, frames: Sequence[zmq.Frame]) -> tuple[str, list[Any]] | None:
+        header_frame, payload = split(frames)
+        header = decode_header(self._token, header_frame)
+        if header is None or (header.node, header.replica) not in self._producers or (
+                header.kind == Kind.BATCH and not payload) or header.kind == Kind.CREDIT:
+            self._reject(frames)
+            return None
+        producer = (header.node, header.replica)
+        expected = self._next_seq.get(producer, 0)
+        upstream = self._names[header.node]
+        if header.seq != expected:
+            raise ProtocolError(
+                f"from {upstream}/{header.replica}: expected batch #{expected}, got #{header.seq}"
+            )
+        self._next_seq[producer] = expected + 1
+        if header.kind == Kind.EOS:
+            self._ended.add(producer)
+            return None
+        self._grants.received(producer, header.items)
+        return upstream, serializers.decode_items(header.serializer, payload)
+
+    def _reject(self, frames: Sequence[zmq.Frame]) -> None:
+        self._rejected += 1
+        if self._rejected <= 5 or self._rejected % 1000 == 0:
+            first = frames[0].bytes[:40]
+            log.warning(
+                "%s: rejected a %d-frame message that is not from this run (first bytes %r); "
+                "%d rejected so far",
+                self._replica.id, len(frames), first, self._rejected,
+            )
+
+
+def _widest(settings: list[BufferSettings]) -> BufferSettings:
+    """Settings for a socket that receives several edges: the largest queue any of them asks for."""
+    widest = max(settings, key=lambda s: (s.effective_hwm, s.socket_buffer_bytes))
+    return dataclasses.replace(widest, socket_buffer_bytes=max(s.socket_buffer_bytes for s in settings))

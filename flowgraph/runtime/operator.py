@@ -1,0 +1,71 @@
+"""One shape for every node: functions, generator functions, classes and objects.
+
+The worker sees only an ``Operator``: ``setup()``, ``process(item)`` or
+``generate()``, ``finish()``, ``teardown()``. ``process`` and ``finish``
+return their output as the user's code did: None (no output), a generator
+(all it yields) or any other value (one output item); ``emitted()`` turns
+that into items.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..model.dsl import NodeKind, NodeSpec, Shape
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The four phases of one replica of a node."""
+
+    setup: Callable[[], Any]
+    process: Callable[[Any], Any]
+    generate: Callable[[], Any]
+    finish: Callable[[], Any]
+    teardown: Callable[[], Any]
+    yields: bool = False
+    """``process`` is a generator function (else it returns a value, None, or now and then a generator)."""
+
+
+def make_operator(node: NodeSpec) -> Operator:
+    """The operator of one replica; call once per replica (a class gets a new instance)."""
+    if node.shape in (Shape.FUNCTION, Shape.GENERATOR):
+        if node.kind is NodeKind.SOURCE:
+            return Operator(_nothing, _no_process, node.code, _nothing, _nothing)
+        return Operator(_nothing, node.code, _nothing, _nothing, _nothing, yields=node.shape is Shape.GENERATOR)
+    instance = node.code() if node.shape is Shape.CLASS else node.code
+    process = getattr(instance, "process", _no_process)
+    return Operator(
+        setup=getattr(instance, "setup", _nothing),
+        process=process,
+        generate=getattr(instance, "generate", _nothing),
+        finish=getattr(instance, "finish", _nothing),
+        teardown=getattr(instance, "teardown", _nothing),
+        yields=inspect.isgeneratorfunction(process),
+    )
+
+
+def emitted(result: Any) -> Iterable[Any]:
+    """The output items of a process() or finish() result."""
+    if result is None:
+        return ()
+    if isinstance(result, types.GeneratorType):
+        return result
+    return (result,)
+
+
+def generated(result: Any) -> Iterator[Any]:
+    """The items of a source's generate() result: any iterable, or None for none."""
+    return iter(()) if result is None else iter(result)
+
+
+def _no_process(item: Any) -> None:
+    raise TypeError("a source has no process()")

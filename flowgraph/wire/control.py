@@ -1,0 +1,224 @@
+"""Control messages between the launcher and the replicas' agents: typed records and their frames.
+
+Every message is a frozen record whose class says its kind (``ControlKind``).
+On the wire a message is ``[magic + token, kind, JSON body]`` with an
+optional fourth frame, a pickled attachment (collected items for
+``flowgraph.testing``). Unpickling is code execution: the token is checked
+before anything else is looked at, and a body that does not fit its record
+is rejected like a stranger's message.
+
+A run goes (``launch.coordinator`` drives it)::
+
+    replica  → launcher   Register(endpoints)            what it bound
+    launcher → replicas   AddressBook(replicas)          everyone's endpoints
+    replica  → launcher   Ready()                        connected, set up
+    launcher → replicas   Start()                        the start barrier
+    replica  → launcher   Done(stats) | Failed(...)      its end
+    launcher → replicas   Shutdown() | Stop(reason)      close now | stop now
+
+and ``Heartbeat`` both ways every ``Timeouts.heartbeat_s`` (a replica's carries its counters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hmac
+import json
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import Phase
+from . import serializers
+
+CONTROL_MAGIC = b"FGC1"
+TOKEN_BYTES = 16
+
+
+class ControlKind(enum.Enum):
+    """What a control message is; the second frame on the wire."""
+
+    REGISTER = "register"
+    READY = "ready"
+    HEARTBEAT = "heartbeat"
+    DONE = "done"
+    FAILED = "failed"
+    ADDRESS_BOOK = "address_book"
+    START = "start"
+    STOP = "stop"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class EdgeStats:
+    """What one replica sent on one output edge so far."""
+
+    items: int = 0
+    batches: int = 0
+    bytes: int = 0
+    blocked_s: float = 0.0
+    """Time spent waiting for a consumer to have room (backpressure)."""
+
+
+@dataclass(frozen=True)
+class ReplicaStats:
+    """A replica's counters as it reports them (heartbeats, done, failed)."""
+
+    items_in: int = 0
+    """Items received (a source: 0)."""
+    items_out: int = 0
+    """Items emitted (a sink: 0)."""
+    busy_s: float = 0.0
+    """Time in user code: process(), generate(), finish()."""
+    started_at: float = 0.0
+    """Wall-clock time (epoch seconds) it passed the start barrier; 0 before."""
+    ended_at: float = 0.0
+    """Wall-clock time (epoch seconds) it ended, cleanly or not; 0 while it runs."""
+    edges: Mapping[str, EdgeStats] = field(default_factory=dict)
+    """Per output edge, by edge name (``upstream->downstream``)."""
+
+    @property
+    def blocked_s(self) -> float:
+        """Time blocked on backpressure, all output edges together (it waits on one at a time)."""
+        return sum(edge.blocked_s for edge in self.edges.values())
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ReplicaStats:
+        edges = {name: EdgeStats(**stats) for name, stats in body.get("edges", {}).items()}
+        return cls(**{**body, "edges": edges})
+
+
+@dataclass(frozen=True)
+class Register:
+    """A replica bound its sockets: ``endpoints`` by slot (``in``, ``out:<node>``, ``credit:<node>``)."""
+
+    kind: ClassVar[ControlKind] = ControlKind.REGISTER
+    endpoints: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A replica connected to its peers and ran ``setup()``."""
+
+    kind: ClassVar[ControlKind] = ControlKind.READY
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """I am alive; from a replica with its counters, from the launcher without."""
+
+    kind: ClassVar[ControlKind] = ControlKind.HEARTBEAT
+    stats: ReplicaStats | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    """A replica finished cleanly: end of stream sent on every output."""
+
+    kind: ClassVar[ControlKind] = ControlKind.DONE
+    stats: ReplicaStats
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A replica failed in ``phase``; the launcher stops the run with ``RunFailed``."""
+
+    kind: ClassVar[ControlKind] = ControlKind.FAILED
+    phase: Phase
+    message: str
+    """``ExceptionType: message``."""
+    traceback: str
+    """The traceback of the user's frames (``errors.user_traceback``)."""
+    item: str | None
+    """A truncated repr of the item being processed, if any."""
+    stats: ReplicaStats
+    """Its counters as far as it got."""
+
+
+@dataclass(frozen=True)
+class AddressBook:
+    """Every replica's endpoints, by replica id and slot; sent once all registered."""
+
+    kind: ClassVar[ControlKind] = ControlKind.ADDRESS_BOOK
+    replicas: Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class Start:
+    """Every replica is ready: items may flow (the start barrier)."""
+
+    kind: ClassVar[ControlKind] = ControlKind.START
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop now, without finishing (a failure elsewhere, an interrupt)."""
+
+    kind: ClassVar[ControlKind] = ControlKind.STOP
+    reason: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Every replica is done: close the sockets and exit (no consumer needs them any more)."""
+
+    kind: ClassVar[ControlKind] = ControlKind.SHUTDOWN
+
+
+Message = Register | Ready | Heartbeat | Done | Failed | AddressBook | Start | Stop | Shutdown
+_RECORDS: dict[ControlKind, type[Any]] = {
+    record.kind: record for record in (Register, Ready, Heartbeat, Done, Failed, AddressBook, Start, Stop, Shutdown)
+}
+_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "stats": lambda body: None if body is None else ReplicaStats.from_body(body),
+    "phase": Phase,
+}
+"""How a JSON body's fields become typed again: by field name, the same in every record that has it."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded control message: who sent it (a replica id; None from the launcher), what, and its attachment."""
+
+    message: Message
+    replica: str | None = None
+    attachment: Any = None
+
+
+def encode_control(token: bytes, message: Message, replica: str | None = None, attachment: Any = None) -> list[bytes]:
+    """The frames of ``message``; ``replica`` names the sender when a replica's agent sends it."""
+    body = dataclasses.asdict(message)
+    if replica is not None:
+        body["replica"] = replica
+    frames = [CONTROL_MAGIC + token, message.kind.value.encode(), json.dumps(body).encode()]
+    if attachment is not None:
+        frames.append(serializers.dumps(attachment))
+    return frames
+
+
+def decode_control(token: bytes, frames: Sequence[bytes]) -> Envelope | None:
+    """The message in ``frames`` if it is a well-formed control message of this run, else None."""
+    if len(frames) not in (3, 4):
+        return None
+    header = bytes(frames[0])
+    if len(header) != len(CONTROL_MAGIC) + TOKEN_BYTES or not header.startswith(CONTROL_MAGIC):
+        return None
+    if not hmac.compare_digest(header[len(CONTROL_MAGIC):], token):
+        return None
+    try:
+        record = _RECORDS[ControlKind(bytes(frames[1]).decode())]
+        body = json.loads(bytes(frames[2]))
+        replica = body.pop("replica", None)
+        message = record(**{name: _FIELDS.get(name, _same)(value) for name, value in body.items()})
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # a body that does not fit its record: a bug or a stranger, rejected alike
+    if replica is not None and not isinstance(replica, str):
+        return None
+    attachment = pickle.loads(frames[3]) if len(frames) == 4 else None
+    return Envelope(message, replica, attachment)
+
+
+def _same(value: Any) -> Any:
+    return value
