@@ -13,6 +13,7 @@ from .errors import RunFailed as RunFailed
 from .errors import RunInterrupted as RunInterrupted
 from .errors import TopologyError as TopologyError
 from .launch.runner import run as run
+from .model.dsl import ErrorStream as ErrorStream
 from .model.dsl import Grouping as Grouping
 from .model.dsl import Handle as Handle
 from .model.dsl import Topology as Topology
@@ -20,6 +21,7 @@ from .model.dsl import broadcast as broadcast
 from .model.dsl import by_key as by_key
 from .model.dsl import shuffle as shuffle
 from .model.plan import Plan as Plan
+from .model.policy import DeadLetter as DeadLetter
 from .model.report import NodeReport as NodeReport
 from .model.report import ReplicaReport as ReplicaReport
 from .model.report import RunReport as RunReport
@@ -31,6 +33,8 @@ from .settings import Timeouts as Timeouts
 __all__ = [
     "BufferSettings",
     "Context",
+    "DeadLetter",
+    "ErrorStream",
     "FlowgraphError",
     "Grouping",
     "Handle",

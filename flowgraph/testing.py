@@ -30,8 +30,9 @@ from typing import Any
 
 from .errors import TopologyError
 from .launch.runner import run
-from .model.dsl import NodeKind, Shape, Topology, TopologySpec
+from .model.dsl import NodeKind, Topology, TopologySpec
 from .model.report import RunReport
+from .model.shapes import Shape
 from .runtime.context import Context, context, current_context, set_context
 
 __all__ = ["Collected", "ListSource", "assert_same_items", "replica_context", "run_and_collect"]

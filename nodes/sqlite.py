@@ -56,6 +56,12 @@ class SQLiteStore:
     is put in WAL mode and a write waits up to ``BUSY_TIMEOUT_S`` for another
     one to finish.
 
+    With ``--restarts`` it is restarted like a function (``restartable``:
+    its state is the connection, which ``setup()`` opens again) and writes
+    its buffer whenever the runtime is about to acknowledge its rows
+    (``flush()``), so no acknowledged row is lost: rows arrive at least once.
+    A restarted replica does not drop the table again (``replace=True``).
+
     >>> from flowgraph import Topology
     >>> topo = Topology("store")
     >>> @topo.source
@@ -63,6 +69,9 @@ class SQLiteStore:
     ...     yield {"url": "http://valley.test/", "words": 120}
     >>> store = topo.sink(SQLiteStore("out/pages.db", "pages"), inputs=rows, parallelism=2, name="store")
     """
+
+    restartable = True
+    """Its ``setup()`` rebuilds all it needs: a restart loses nothing written (see ``flush``)."""
 
     def __init__(
         self,
@@ -119,7 +128,7 @@ class SQLiteStore:
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
         _use_wal(self._connection)
-        if self.replace:
+        if self.replace and context().incarnation == 0:
             replicas = context().parallelism
             if replicas > 1:
                 raise ValueError(
@@ -154,6 +163,10 @@ class SQLiteStore:
         self._buffer.append(tuple(_sql_value(self.table, key, row.get(key)) for key in self._table_columns))
         if len(self._buffer) >= self.batch_rows:
             self._write_buffer()
+
+    def flush(self) -> None:
+        """Write the rows buffered so far (the runtime calls it before it acknowledges them, with restarts)."""
+        self._write_buffer()
 
     def finish(self) -> None:
         """Write the rows still buffered."""

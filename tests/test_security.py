@@ -65,7 +65,7 @@ def attack(port: int, marker: str) -> list[zmq.Socket]:
             raw.sendall(payload)
     context = zmq.Context.instance()
     evil = pickle.dumps([_EvilFactory(marker)])
-    forged_header = wire.encode_header(os.urandom(wire.TOKEN_BYTES), wire.Kind.BATCH, 0, 0, 0, 0, 1)
+    forged_header = wire.encode_header(os.urandom(wire.TOKEN_BYTES), wire.Kind.BATCH, 0, 0, 0, 0, 0, 0, 1)
     strangers = []
     for kind in (zmq.PUSH, zmq.DEALER):
         stranger = context.socket(kind)
@@ -125,14 +125,14 @@ def test_garbage_on_every_port_is_rejected_logged_and_the_run_completes(tmp_path
 
 def test_frames_without_the_runs_token_are_never_decoded():
     token = os.urandom(wire.TOKEN_BYTES)
-    header = wire.encode_header(token, wire.Kind.BATCH, 1, 1, 2, 3, 4)
-    assert wire.decode_header(token, header) == wire.Header(wire.Kind.BATCH, 1, 1, 2, 3, 4)
-    assert wire.decode_header(token, wire.encode_header(token, wire.Kind.BATCH, 9, 1, 2, 3, 4)) is None
+    header = wire.encode_header(token, wire.Kind.BATCH, 1, 1, 2, 1, 7, 3, 4)
+    assert wire.decode_header(token, header) == wire.Header(wire.Kind.BATCH, 1, 1, 2, 1, 7, 3, 4)
+    assert wire.decode_header(token, wire.encode_header(token, wire.Kind.BATCH, 9, 1, 2, 1, 7, 3, 4)) is None
     assert wire.decode_header(os.urandom(wire.TOKEN_BYTES), header) is None
     assert wire.decode_header(token, header[:-1]) is None
     assert wire.decode_header(token, b"x" * len(header)) is None
-    control = encode_control(token, Stop("done"), replica="a/0", attachment=[1, 2])
-    assert decode_control(token, control) == Envelope(Stop("done"), "a/0", [1, 2])
+    control = encode_control(token, Stop("done"), replica="a/0", attachment=[1, 2], incarnation=3)
+    assert decode_control(token, control) == Envelope(Stop("done"), "a/0", [1, 2], 3)
     assert decode_control(os.urandom(wire.TOKEN_BYTES), control) is None
     assert decode_control(token, [control[0], b"\xff", b"{}"]) is None
     assert decode_control(token, [control[0], b"stop", b"[1]"]) is None

@@ -62,7 +62,7 @@ def test_small_buffers_and_large_batches_stay_in_the_pickle():
 
 def test_a_small_payload_travels_in_the_header_frame_and_splits_back():
     token = os.urandom(wire.TOKEN_BYTES)
-    header = wire.encode_header(token, wire.Kind.BATCH, 0, 1, 2, 3, 4)
+    header = wire.encode_header(token, wire.Kind.BATCH, 0, 1, 2, 0, 0, 3, 4)
     small, large = [b"payload"], [b"p" * (wire.INLINE_BYTES + 1)]
     assert wire.message(header, small) == [header + b"payload"]
     assert wire.message(header, large) == [header, *large]
@@ -73,7 +73,7 @@ def test_a_small_payload_travels_in_the_header_frame_and_splits_back():
         for payload in (small, large, [b"pickle", b"buffer"]):
             sender.send_multipart(wire.message(header, payload))
             got_header, got_payload = wire.split(receiver.recv_multipart(copy=False))
-            assert wire.decode_header(token, got_header) == (wire.Kind.BATCH, 0, 1, 2, 3, 4)
+            assert wire.decode_header(token, got_header) == (wire.Kind.BATCH, 0, 1, 2, 0, 0, 3, 4)
             assert [bytes(frame) for frame in got_payload] == payload
         sender.send(header)
         assert wire.split(receiver.recv_multipart(copy=False)) == (header, [])

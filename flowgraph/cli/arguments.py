@@ -48,6 +48,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
            metavar="KEY=VALUE")
     option("hwm", "high-water mark of every data socket, in batches (default 8)", type=_positive_int,
            metavar="N")
+    option("restarts", "restart each replica that dies, freezes, fails or loses its host up to N times, "
+           "delivering again what it had not fully processed (at least once; default 0: fail fast)",
+           type=_non_negative_int, metavar="N")
     option("quiet", "no progress while running (the summary is still printed)", action="store_true")
     option("progress-interval", "print progress as plain lines every SECONDS (instead of the live table "
            "a terminal gets)", type=_positive_float, metavar="SECONDS")
@@ -131,6 +134,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                                    "SVG needs Graphviz's dot")
 
     return parser, run_parser
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -32,6 +32,7 @@ def run_command(
     inproc: bool = False,
     params: Mapping[str, str] | None = None,
     hwm: int | None = None,
+    restarts: int = 0,
     quiet: bool = False,
     progress_interval: float | None = None,
     metrics_json: str | None = None,
@@ -53,7 +54,7 @@ def run_command(
     stopped: RunFailed | RunInterrupted | None = None
     with _errors_to_exit_codes() as outcome, _sigterm_interrupts():
         try:
-            report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm, hosts=hosts,
+            report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm, restarts=restarts, hosts=hosts,
                          ssh_config=ssh_config, remote_python=remote_python, advertise=advertise,
                          log_level=level, progress=_progress(quiet, progress_interval))
         except (RunFailed, RunInterrupted) as caught:
@@ -110,6 +111,7 @@ def write_metrics(report: RunReport, path: str, stopped: RunFailed | RunInterrup
         "topology": report.topology,
         "mode": report.mode,
         "status": report.status,
+        "guarantee": report.guarantee,
         "error": None if stopped is None else str(stopped.args[0]),
         "startup_s": report.startup_s,
         "wall_s": report.wall_s,
@@ -119,6 +121,12 @@ def write_metrics(report: RunReport, path: str, stopped: RunFailed | RunInterrup
                 "parallelism": node.parallelism,
                 "items_in": node.items_in,
                 "items_out": node.items_out,
+                "errors": node.errors,
+                "retries": node.retries,
+                "skipped": node.skipped,
+                "dead_lettered": node.dead_lettered,
+                "restarts": node.restarts,
+                "replayed": node.replayed,
                 "replicas": [asdict(replica) for replica in node.replicas],
             }
             for node in report
@@ -181,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inproc=args.inproc,
         params=parse_params(parser, args.params),
         hwm=args.hwm,
+        restarts=args.restarts or 0,
         quiet=args.quiet,
         progress_interval=args.progress_interval,
         metrics_json=args.metrics_json,

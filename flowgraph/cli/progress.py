@@ -51,6 +51,16 @@ class NodeRow:
     output_full: float | None
     """None for a sink (it has no output)."""
     bottleneck: bool = False
+    errors: int = 0
+    retries: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    restarts: int = 0
+
+    @property
+    def gave_trouble(self) -> bool:
+        """True if its error policy or supervision had anything to do (the view then shows what they did)."""
+        return bool(self.errors or self.retries or self.skipped or self.dead_lettered or self.restarts)
 
 
 def node_rows(plan: Plan, earlier: Stats, later: Stats, seconds: float, alive: set[str]) -> list[NodeRow]:
@@ -70,6 +80,10 @@ def node_rows(plan: Plan, earlier: Stats, later: Stats, seconds: float, alive: s
         inputs = plan.edges_into(node.name)
         outputs = plan.edges_from(node.name)
         counted = "items_out" if not inputs else "items_in"
+
+        def total(key: str, ids: list[str] = ids) -> int:
+            return sum(getattr(later[replica], key) for replica in ids if replica in later)
+
         input_full = None
         if inputs:
             input_full = max(
@@ -86,8 +100,13 @@ def node_rows(plan: Plan, earlier: Stats, later: Stats, seconds: float, alive: s
             kind=node.kind.value,
             alive=sum(1 for replica in ids if replica in alive),
             replicas=len(ids),
-            items_in=sum(later[replica].items_in for replica in ids if replica in later),
-            items_out=sum(later[replica].items_out for replica in ids if replica in later),
+            items_in=total("items_in"),
+            items_out=total("items_out"),
+            errors=total("errors"),
+            retries=total("retries"),
+            skipped=total("skipped"),
+            dead_lettered=total("dead_lettered"),
+            restarts=total("incarnation"),
             rate=sum(delta(replica, counted) for replica in ids) / seconds,
             busy=min(1.0, sum(delta(replica, "busy_s") for replica in ids) / (seconds * len(ids))),
             input_full=None if input_full is None else min(1.0, input_full),
@@ -154,6 +173,8 @@ class ProgressLines:
             f"progress: {row.name} {row.alive}/{row.replicas} alive in={row.items_in} out={row.items_out} "
             f"rate={row.rate:.0f}/s busy={_percent(row.busy)} input_full={_percent(row.input_full)} "
             f"output_full={_percent(row.output_full)}{' BOTTLENECK' if row.bottleneck else ''}"
+            + (f" errors={row.errors} retries={row.retries} skipped={row.skipped} dead_lettered={row.dead_lettered}"
+               f" restarts={row.restarts}" if row.gave_trouble else "")
             for row in rows
         ]
         self._stream.write("\n".join(lines) + "\n")
@@ -187,12 +208,18 @@ class LiveTable:
         from rich.table import Table
 
         table = Table(title=self._title, title_justify="left", expand=False)
-        for column in ("node", "replicas", "in", "out", "rate/s", "busy", "input full", "output full", ""):
+        trouble = any(row.gave_trouble for row in self._rows)
+        columns = ["node", "replicas", "in", "out", "rate/s", "busy", "input full", "output full"]
+        for column in [*columns, *(_TROUBLE if trouble else ()), ""]:
             table.add_column(column, justify="left" if column in ("node", "") else "right")
         for row in self._rows:
-            table.add_row(
-                row.name, f"{row.alive}/{row.replicas}", str(row.items_in), str(row.items_out),
-                f"{row.rate:,.0f}", _percent(row.busy), _percent(row.input_full), _percent(row.output_full),
-                "[bold red]◀ bottleneck[/]" if row.bottleneck else "",
-            )
+            cells = [row.name, f"{row.alive}/{row.replicas}", str(row.items_in), str(row.items_out),
+                     f"{row.rate:,.0f}", _percent(row.busy), _percent(row.input_full), _percent(row.output_full)]
+            if trouble:
+                cells += [str(row.errors), str(row.retries), str(row.skipped), str(row.dead_lettered),
+                          str(row.restarts)]
+            table.add_row(*cells, "[bold red]◀ bottleneck[/]" if row.bottleneck else "")
         return table
+
+
+_TROUBLE = ("errors", "retries", "skipped", "dead", "restarts")

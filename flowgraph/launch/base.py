@@ -26,6 +26,10 @@ class Exit:
     signal_name: str | None = None
     stderr_tail: str = ""
     """The last lines it wrote to stderr, for errors that happen before it can report."""
+    incarnation: int = 0
+    """Which start of the replica ended."""
+    host_lost: bool = False
+    """Its host could not be reached any more (ssh lost the connection)."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,9 @@ class RunConfig:
     def control_port(self) -> str:
         return self.control.rsplit(":", 1)[1]
 
-    def for_replica(self, replica: ReplicaPlan, site: Site) -> WorkerConfig:
-        """The configuration of one worker."""
+    def for_replica(self, replica: ReplicaPlan, site: Site, incarnation: int = 0, skip: int = 0,
+                    host: str | None = None) -> WorkerConfig:
+        """The configuration of one worker (of a restarted replica: its incarnation, what a source skips, its host)."""
         return WorkerConfig(
             token=self.token,
             control=site.control,
@@ -85,6 +90,9 @@ class RunConfig:
             log_level=self.log_level,
             sys_path=site.sys_path,
             sources=self.sources,
+            incarnation=incarnation,
+            skip=skip,
+            host=host,
         )
 
 
@@ -102,6 +110,13 @@ class Backend(Protocol):
     """Fail a replica whose heartbeat is missing this long; None: never (threads)."""
 
     def start(self, replicas: Sequence[ReplicaPlan], config: RunConfig) -> None: ...
+
+    def restart(self, replica: ReplicaPlan, config: RunConfig, incarnation: int, skip: int, host_lost: bool) -> str:
+        """Start ``replica`` again as ``incarnation`` (ending the replaced one if it still runs); returns its host.
+
+        ``host_lost``: its host is gone (a lost ssh connection, missed
+        heartbeats); a backend that can, starts it on another of its node's hosts.
+        """
 
     def exits(self) -> list[Exit]: ...
 

@@ -14,10 +14,15 @@ One ROUTER socket; every worker's agent connects a DEALER to it. A run goes
 
 Heartbeats go both ways every ``Timeouts.heartbeat_s``. Any failure, a
 replica whose process ends before it is done, or a missing heartbeat fails
-the run with ``RunFailed`` naming node, replica and host. After a failure
-or an interrupt, ``stop`` asks every replica to stop and keeps listening
-while they end, so the report has their last counters. Messages without
-this run's token are logged and dropped before anything in them is decoded.
+the run with ``RunFailed`` naming node, replica and host, unless the
+``Supervisor`` restarts the replica: then a new incarnation is started, and
+when it registered, it gets the address book and everyone else a
+``Rewire`` with its endpoints (its producers send it again what they kept
+for it), and once ready, the start. Messages of a replaced incarnation are
+dropped. After a failure or an interrupt, ``stop`` asks every replica to
+stop and keeps listening while they end, so the report has their last
+counters. Messages without this run's token are logged and dropped before
+anything in them is decoded.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from ..wire.control import (
     Ready,
     Register,
     ReplicaStats,
+    Rewire,
     Shutdown,
     Start,
     Stop,
@@ -52,6 +58,7 @@ from ..wire.control import (
     encode_control,
 )
 from .base import Backend, Exit
+from .supervisor import Restart, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,11 @@ class Coordinator:
     def __init__(self, context: zmq.Context, plan: Plan, token: bytes, backend: Backend, timeouts: Timeouts,
                  curve: Curve | None = None) -> None:
         self._plan = plan
+        self.supervisor = Supervisor(plan)
+        self.on_restart: Callable[[Restart], str] | None = None
+        """Starts a lost replica's new incarnation and says on which host (the runner sets it: the backend)."""
+        self.placement = {replica.id: replica.host for replica in plan.replicas}
+        """Where each replica runs now (a restart may move one off a lost host)."""
         self._token = token
         self._backend = backend
         self._timeouts = timeouts
@@ -93,6 +105,8 @@ class Coordinator:
         self._done: dict[str, Finished] = {}
         self._rejected = 0
         self._stopping = False
+        self._book_sent = False
+        self._start_sent = False
         self.started_at: float | None = None
         """``time.monotonic()`` when the start barrier opened."""
         self.live: dict[str, ReplicaStats] = {}
@@ -109,7 +123,6 @@ class Coordinator:
         """
         timeouts = self._timeouts
         register_deadline = time.monotonic() + timeouts.register_s
-        book_sent = start_sent = False
         next_beat = 0.0
         total = len(self._replicas)
         while len(self._done) < total:
@@ -120,14 +133,14 @@ class Coordinator:
                 next_beat = now + timeouts.heartbeat_s
             self._check_exits()
             self._check_heartbeats(now)
-            if not book_sent and len(self._endpoints) == total:
+            if not self._book_sent and len(self._endpoints) == total:
                 self._broadcast(AddressBook(self._endpoints))
-                book_sent = True
-            if not start_sent and len(self._ready) == total:
+                self._book_sent = True
+            if not self._start_sent and len(self._ready) == total:
                 self.started_at = time.monotonic()
                 self._broadcast(Start())
-                start_sent = True
-            if not book_sent and now > register_deadline:
+                self._start_sent = True
+            if not self._book_sent and now > register_deadline:
                 missing = sorted(set(self._replicas) - set(self._endpoints))
                 raise self._failure(missing[0], f"did not register within {timeouts.register_s:g} s")
             if on_tick is not None:
@@ -184,13 +197,20 @@ class Coordinator:
                             len(rest), self._rejected)
             return
         replica_id, message = envelope.replica, envelope.message
+        if envelope.incarnation != self.supervisor.incarnation(replica_id):
+            return  # from an incarnation since replaced (or a zombie cut off from the run)
         self._identities[replica_id] = identity
         self._last_seen[replica_id] = time.monotonic()
         self.last_heard_at[replica_id] = time.time()
         if isinstance(message, Register):
             self._endpoints[replica_id] = dict(message.endpoints)
+            if self._book_sent:  # a restarted replica: it learns everyone's endpoints, everyone learns its own
+                self._send(replica_id, AddressBook(self._endpoints))
+                self._broadcast(Rewire(replica_id, envelope.incarnation, message.endpoints), but=replica_id)
         elif isinstance(message, Ready):
             self._ready.add(replica_id)
+            if self._start_sent:
+                self._send(replica_id, Start())
         elif isinstance(message, Heartbeat):
             if message.stats is not None:
                 self.live[replica_id] = message.stats
@@ -199,40 +219,56 @@ class Coordinator:
             self.live[replica_id] = message.stats
         elif isinstance(message, Failed):
             self.live[replica_id] = message.stats
-            failure = self._failure(
-                replica_id,
-                f"failed in {message.phase.description}: {message.message}",
-                phase=message.phase,
-                remote_traceback=message.traceback,
-                item=message.item,
-            )
+            what = f"failed in {message.phase.description}: {message.message}"
             if self._stopping:
-                log.warning("while stopping: %s", failure.args[0])
+                log.warning("while stopping: %s", self._failure(replica_id, what).args[0])
                 return
-            raise failure
+            self._lost(replica_id, what, phase=message.phase, remote_traceback=message.traceback,
+                       item=message.item)
         else:
             log.warning("%s sent %s, which only the launcher sends", replica_id, type(message).__name__)
 
     def _check_exits(self) -> None:
         for ended in self._backend.exits():
+            if ended.incarnation != self.supervisor.incarnation(ended.replica):
+                continue  # an incarnation replaced already
             self.ended.add(ended.replica)
             if ended.replica in self._done and ended.clean:
                 continue
             if ended.replica in self._done:
                 log.warning("%s %s after it was done", ended.replica, ended.description)
                 continue
-            self._await_last_words()
-            raise self._failure(ended.replica, _died(ended), signal_name=ended.signal_name)
+            self._await_last_words(ended.replica)
+            if ended.incarnation == self.supervisor.incarnation(ended.replica):  # its error did not restart it
+                self._lost(ended.replica, _died(ended), host_lost=ended.host_lost, signal_name=ended.signal_name)
 
-    def _await_last_words(self) -> None:
+    def _lost(self, replica_id: str, what: str, phase: Phase = Phase.RUNTIME, host_lost: bool = False,
+              **details: Any) -> None:
+        """Replica ``replica_id`` is lost (``what`` happened): restart it, or fail the run with ``RunFailed``."""
+        decision = self.supervisor.lost(replica_id, what.split("\n", 1)[0], phase, host_lost)
+        if isinstance(decision, str):
+            raise self._failure(replica_id, what + decision, phase=phase, **details)
+        log.warning("restarting %s (incarnation %d): %s", replica_id, decision.incarnation, decision.reason)
+        identity = self._identities.pop(replica_id, None)
+        if identity is not None:  # a thread cannot be killed: the replaced incarnation is asked to stop
+            self._socket.send_multipart([identity, *encode_control(self._token, Stop("replaced"))])
+        self._ready.discard(replica_id)
+        self._last_seen[replica_id] = time.monotonic()
+        self.ended.discard(replica_id)
+        assert self.on_restart is not None, "the runner sets on_restart before the run starts"
+        self.placement[replica_id] = self.on_restart(decision)
+
+    def _await_last_words(self, replica_id: str) -> None:
         """Handle what arrives for ``last_words_s``: a replica that failed may end before its error arrives.
 
         Its error message travels through its agent's socket, which delivers
         after the replica's thread or process is gone; the error (raised
-        here) names the cause, where the exit alone would only say it died.
+        here, or the restart it caused) names the cause, where the exit alone
+        would only say it died.
         """
+        incarnation = self.supervisor.incarnation(replica_id)
         deadline = time.monotonic() + self._timeouts.last_words_s
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - time.monotonic()) > 0 and self.supervisor.incarnation(replica_id) == incarnation:
             if self._socket.poll(max(1, int(left * 1000))):
                 self._handle(self._socket.recv_multipart())
 
@@ -240,22 +276,26 @@ class Coordinator:
         timeout = self._backend.heartbeat_timeout_s
         if timeout is None:
             return
-        for replica_id, seen in self._last_seen.items():
+        for replica_id, seen in list(self._last_seen.items()):
             if replica_id not in self._done and now - seen > timeout:
-                raise self._failure(replica_id, f"stopped answering: no heartbeat for {timeout:g} s")
+                self._lost(replica_id, f"stopped answering: no heartbeat for {timeout:g} s", host_lost=True)
 
-    def _broadcast(self, message: Message) -> None:
+    def _broadcast(self, message: Message, but: str | None = None) -> None:
         frames = encode_control(self._token, message)
-        for identity in self._identities.values():
-            self._socket.send_multipart([identity, *frames])
+        for replica_id, identity in self._identities.items():
+            if replica_id != but:
+                self._socket.send_multipart([identity, *frames])
+
+    def _send(self, replica_id: str, message: Message) -> None:
+        self._socket.send_multipart([self._identities[replica_id], *encode_control(self._token, message)])
 
     def _failure(self, replica_id: str, what: str, phase: Phase = Phase.RUNTIME, **details: Any) -> RunFailed:
         replica = self._replicas[replica_id]
-        message = f"node {replica.node!r} replica {replica.index} on {replica.host} {what}"
+        host = self.placement[replica_id]
+        message = f"node {replica.node!r} replica {replica.index} on {host} {what}"
         if details.get("item") is not None:
             message += f"\n  while processing item: {details['item']}"
-        return RunFailed(message, node=replica.node, replica=replica.index, host=replica.host, phase=phase,
-                         **details)
+        return RunFailed(message, node=replica.node, replica=replica.index, host=host, phase=phase, **details)
 
 
 def _died(ended: Exit) -> str:

@@ -43,7 +43,9 @@ class InprocBackend:
         self.control_bind = f"{prefix}/control"
         self._data_bind = prefix
         self._threads: dict[str, threading.Thread] = {}
-        self._results: dict[str, bool] = {}
+        self._incarnations: dict[str, int] = {}
+        self._retired: list[threading.Thread] = []
+        self._results: dict[tuple[str, int], bool] = {}
         self._reported: set[str] = set()
         self._saved_stdio: tuple[IO[str], IO[str]] | None = None
 
@@ -56,22 +58,34 @@ class InprocBackend:
         self._saved_stdio = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _PrefixingStream(sys.stdout, sys.stderr), _PrefixingStream(sys.stderr, sys.stderr)
         for replica in replicas:
-            thread = threading.Thread(target=self._run, args=(replica, config), daemon=True,
-                                      name=f"flowgraph-{replica.id}")
-            self._threads[replica.id] = thread
-            thread.start()
+            self._spawn(replica, config, 0, 0)
 
-    def _run(self, replica: ReplicaPlan, config: RunConfig) -> None:
+    def restart(self, replica: ReplicaPlan, config: RunConfig, incarnation: int, skip: int, host_lost: bool) -> str:
+        """A new thread for ``replica``; the replaced one was asked to stop (a thread cannot be killed)."""
+        self._retired.append(self._threads[replica.id])
+        self._reported.discard(replica.id)
+        self._spawn(replica, config, incarnation, skip)
+        return replica.host
+
+    def _spawn(self, replica: ReplicaPlan, config: RunConfig, incarnation: int, skip: int) -> None:
+        thread = threading.Thread(target=self._run, args=(replica, config, incarnation, skip), daemon=True,
+                                  name=f"flowgraph-{replica.id}")
+        self._threads[replica.id] = thread
+        self._incarnations[replica.id] = incarnation
+        thread.start()
+
+    def _run(self, replica: ReplicaPlan, config: RunConfig, incarnation: int, skip: int) -> None:
         _thread_label.prefix = f"[{replica.id}@{replica.host}] "
         counters = Counters()
         agent = Agent(self._context, config.control, config.token, replica.id, on_stop=lambda reason: None,
-                      counters=counters, heartbeat_s=config.timeouts.heartbeat_s, silence_s=math.inf)
+                      counters=counters, heartbeat_s=config.timeouts.heartbeat_s, silence_s=math.inf,
+                      incarnation=incarnation)
         pipe = agent.pipe()
         agent.start()
         try:
             site = Site(config.control, self._data_bind, None, math.inf)
-            self._results[replica.id] = run_configured(config.for_replica(replica, site), self._context, pipe,
-                                                       counters)
+            self._results[replica.id, incarnation] = run_configured(
+                config.for_replica(replica, site, incarnation, skip), self._context, pipe, counters)
         finally:
             pipe.detach()
             agent.join()
@@ -83,16 +97,19 @@ class InprocBackend:
             if replica_id in self._reported or thread.is_alive():
                 continue
             self._reported.add(replica_id)
-            clean = self._results.get(replica_id, False)
-            ended.append(Exit(replica_id, "thread ended" if clean else "thread ended with an error", clean))
+            incarnation = self._incarnations[replica_id]
+            clean = self._results.get((replica_id, incarnation), False)
+            ended.append(Exit(replica_id, "thread ended" if clean else "thread ended with an error", clean,
+                              incarnation=incarnation))
         return ended
 
     def wait(self, timeout_s: float) -> bool:
         """Wait for every replica thread; False if some still run after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        for thread in self._threads.values():
+        threads = [*self._threads.values(), *self._retired]
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in self._threads.values())
+        return not any(thread.is_alive() for thread in threads)
 
     def kill(self) -> None:
         """Threads cannot be killed; those still running are abandoned as daemon threads."""

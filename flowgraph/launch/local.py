@@ -33,8 +33,17 @@ class LocalBackend(ProcessBackend):
         larger than the pipe buffer waits for its worker to read it, and the
         others start meanwhile.
         """
-        site = Site(config.control, "tcp://127.0.0.1", None, config.timeouts.local_silence_s, local_sys_path())
+        site = self._site(config)
         for replica in replicas:
             self._processes.spawn(replica.id, f"{replica.id}@{replica.host}", worker_command())
         for replica in replicas:
             self._processes.configure(replica.id, config.for_replica(replica, site))
+
+    def restart(self, replica: ReplicaPlan, config: RunConfig, incarnation: int, skip: int, host_lost: bool) -> str:
+        """A new process for ``replica`` (the old one is killed if it still runs)."""
+        self._processes.spawn(replica.id, f"{replica.id}@{replica.host}", worker_command(), incarnation=incarnation)
+        self._processes.configure(replica.id, config.for_replica(replica, self._site(config), incarnation, skip))
+        return replica.host
+
+    def _site(self, config: RunConfig) -> Site:
+        return Site(config.control, "tcp://127.0.0.1", None, config.timeouts.local_silence_s, local_sys_path())

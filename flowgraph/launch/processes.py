@@ -23,17 +23,32 @@ from .output import OutputForwarder
 
 
 class WorkerProcesses:
-    """The worker processes of one run, by replica id."""
+    """The worker processes of one run, by replica id (the current incarnation's; replaced ones are retired)."""
 
     def __init__(self) -> None:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._describe: dict[str, Callable[[int], str]] = {}
+        self._incarnations: dict[str, int] = {}
+        self._remote: dict[str, bool] = {}
         self._reported: set[str] = set()
+        self._retired: list[subprocess.Popen[bytes]] = []
+        """Processes of replaced incarnations: killed, reaped at the end."""
         self._output = OutputForwarder()
 
     def spawn(self, replica_id: str, label: str, command: list[str],
-              describe: Callable[[int], str] = lambda code: describe_status(code)) -> None:
-        """Start ``command`` for ``replica_id``; ``describe`` turns its exit status into words."""
+              describe: Callable[[int], str] = lambda code: describe_status(code), incarnation: int = 0,
+              remote: bool = False) -> None:
+        """Start ``command`` for ``replica_id``; ``describe`` turns its exit status into words.
+
+        A replica that has a process already (a restart) gets a new one; the
+        old one is killed if it still runs.
+        """
+        old = self._processes.get(replica_id)
+        if old is not None:
+            if old.poll() is None:
+                old.kill()
+            self._retired.append(old)
+            self._reported.discard(replica_id)
         process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -44,6 +59,8 @@ class WorkerProcesses:
         )
         self._processes[replica_id] = process
         self._describe[replica_id] = describe
+        self._incarnations[replica_id] = incarnation
+        self._remote[replica_id] = remote
         self._output.follow(replica_id, label, process.stdout, process.stderr)
 
     def configure(self, replica_id: str, config: WorkerConfig) -> None:
@@ -66,13 +83,14 @@ class WorkerProcesses:
             code = process.returncode
             ended.append(Exit(replica_id, self._describe[replica_id](code), code == 0,
                               signal.Signals(-code).name if code < 0 else None,
-                              self._output.tail(replica_id)))
+                              self._output.tail(replica_id), self._incarnations[replica_id],
+                              host_lost=self._remote[replica_id] and code == 255))
         return ended
 
     def wait(self, timeout_s: float) -> bool:
         """Wait until every process has exited; False if some still run after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        for process in self._processes.values():
+        for process in [*self._processes.values(), *self._retired]:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -88,7 +106,7 @@ class WorkerProcesses:
     def close(self) -> None:
         """Kill what is left, reap every process and flush their output."""
         self.kill()
-        for process in self._processes.values():
+        for process in [*self._processes.values(), *self._retired]:
             process.wait()
             if process.stdin is not None:
                 process.stdin.close()

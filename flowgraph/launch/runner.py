@@ -12,6 +12,7 @@ failure or an interrupt, stop everything and attach a partial report) and
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import zmq
 
 from ..errors import HostError, RunFailed, RunInterrupted, TopologyError
-from ..model.dsl import Topology, TopologySpec
+from ..model.dsl import NodeKind, Topology, TopologySpec
 from ..model.plan import Plan, plan_run, replica_id
 from ..model.report import NodeReport, ReplicaReport, RunReport
 from ..runtime.security import Curve, start_authenticator
@@ -35,6 +36,7 @@ from .coordinator import Coordinator, Finished
 from .inproc import InprocBackend
 from .local import LocalBackend
 from .ssh import SshBackend, SshSettings
+from .supervisor import Restart
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ def run(
     advertise: str | None = None,
     progress: Callable[[Plan], Progress] | None = None,
     timeouts: Timeouts | None = None,
+    restarts: int = 0,
 ) -> RunReport:
     """Run ``topology`` to its end and return a ``RunReport``.
 
@@ -78,7 +81,9 @@ def run(
     edge's own still win). ``collect`` names nodes whose received items are
     returned in ``RunReport.collected`` (see ``flowgraph.testing``).
     ``timeouts`` (``flowgraph.Timeouts``) sets how long the run waits for
-    what, in the launcher and in every worker.
+    what, in the launcher and in every worker. ``restarts`` lets each
+    replica be restarted that many times (a node's ``restarts=`` wins):
+    what it had not fully processed is delivered again, at least once.
 
     Raises ``TopologyError`` before anything starts if the topology is
     invalid, ``HostError`` if a host cannot run workers; ``RunFailed``
@@ -100,6 +105,7 @@ def run(
     settings = _RunSettings(
         hosts=hosts, inproc=inproc, params=dict(params or {}), hwm=hwm, buffers=buffers, collect=frozenset(collect),
         log_level=log_level, ssh=SshSettings(ssh_config, remote_python, advertise), timeouts=timeouts or Timeouts(),
+        restarts=restarts,
     )
     spec, plan = _prepare(topology, settings)
     with contextlib.ExitStack() as stack:
@@ -124,6 +130,7 @@ class _RunSettings:
     log_level: int
     ssh: SshSettings
     timeouts: Timeouts
+    restarts: int
 
 
 @dataclass
@@ -156,7 +163,10 @@ class _Launch:
 def _prepare(topology: Topology | TopologySpec, settings: _RunSettings) -> tuple[TopologySpec, Plan]:
     """Validate and plan: raises ``TopologyError`` or ``HostError`` before anything starts."""
     spec = topology.spec() if isinstance(topology, Topology) else topology
-    plan = plan_run(spec, hosts=settings.hosts, buffers=settings.buffers, hwm=settings.hwm)
+    if isinstance(settings.restarts, bool) or not isinstance(settings.restarts, int) or settings.restarts < 0:
+        raise TopologyError(f"restarts={settings.restarts!r}; it must be an integer >= 0")
+    plan = plan_run(spec, hosts=settings.hosts, buffers=settings.buffers, hwm=settings.hwm,
+                    restarts=settings.restarts)
     unknown = sorted(settings.collect - {node.name for node in plan.nodes})
     if unknown:
         raise TopologyError(f"cannot collect from {', '.join(map(repr, unknown))}: "
@@ -195,7 +205,20 @@ def _open(stack: contextlib.ExitStack, spec: TopologySpec, plan: Plan, settings:
         params=settings.params, collect=settings.collect, log_level=settings.log_level, curve=curve,
         sources=source_texts(spec),
     )
+    coordinator.on_restart = functools.partial(_restart, plan, backend, config, coordinator)
     return _Launch(plan, backend, coordinator, config, workers, time.monotonic())
+
+
+def _restart(plan: Plan, backend: Backend, config: RunConfig, coordinator: Coordinator, decision: Restart) -> str:
+    """Start the new incarnation of a lost replica; a source skips what its last heartbeat says was acknowledged.
+
+    Returns the host it runs on now.
+    """
+    node, _, index = decision.replica.rpartition("/")
+    replica = plan.replica(node, int(index))
+    stats = coordinator.live.get(decision.replica)
+    skip = stats.acked if stats is not None and replica.kind is NodeKind.SOURCE else 0
+    return backend.restart(replica, config, decision.incarnation, skip, decision.host_lost)
 
 
 def _drive(launch: _Launch, view: Progress | None) -> dict[str, Finished]:
@@ -250,6 +273,7 @@ def _report(plan: Plan, launch: _Launch, stats: Mapping[str, ReplicaStats], stat
             errors: Mapping[str, str] | None = None) -> RunReport:
     ended = launch.ended or time.monotonic()
     last_heard = launch.coordinator.last_heard_at
+    supervisor = launch.coordinator.supervisor
     nodes = {}
     for node in plan.nodes:
         replicas = []
@@ -261,7 +285,7 @@ def _report(plan: Plan, launch: _Launch, stats: Mapping[str, ReplicaStats], stat
             replicas.append(ReplicaReport(
                 node=node.name,
                 replica=replica.index,
-                host=replica.host,
+                host=launch.coordinator.placement[replica.id],
                 items_in=counters.items_in,
                 items_out=counters.items_out,
                 wall_s=max(0.0, ended_at - started_at) if started_at and ended_at else 0.0,
@@ -272,8 +296,18 @@ def _report(plan: Plan, launch: _Launch, stats: Mapping[str, ReplicaStats], stat
                 started_at=started_at,
                 ended_at=counters.ended_at,
                 error=(errors or {}).get(replica.id),
+                errors=counters.errors,
+                retries=counters.retries,
+                skipped=counters.skipped,
+                dead_lettered=counters.dead_lettered,
+                restarts=len(supervisor.reasons(replica.id)),
+                restarted_because=supervisor.reasons(replica.id),
+                replayed=counters.replayed,
             ))
         nodes[node.name] = NodeReport(node.name, node.kind.value, tuple(replicas))
     started = launch.coordinator.started_at or ended
+    budget = max((node.restarts for node in plan.nodes), default=0)
+    guarantee = f"at least once (each replica restarted up to {budget} times)" if plan.recoverable else (
+        "exactly once without failures; fail fast")
     return RunReport(plan.topology, launch.backend.mode, nodes, startup_s=started - launch.launched,
-                     wall_s=ended - launch.launched, collected=collected or {}, status=status)
+                     wall_s=ended - launch.launched, collected=collected or {}, status=status, guarantee=guarantee)

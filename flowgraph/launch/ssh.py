@@ -19,8 +19,10 @@ cut, both sides notice the missing heartbeats within ``Timeouts.remote_silence_s
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
+import logging
 import shlex
 import subprocess
 import sys
@@ -30,12 +32,14 @@ from dataclasses import dataclass
 
 from .._version import __version__
 from ..errors import HostError
-from ..model.hosts import Host
+from ..model.hosts import LOCALHOST, Host
 from ..model.plan import Plan, ReplicaPlan
 from ..settings import Timeouts
 from .base import RunConfig, Site, local_sys_path
 from .local import worker_command
 from .processes import ProcessBackend, describe_status
+
+log = logging.getLogger(__name__)
 
 SSH_OPTIONS = (
     "-o", "BatchMode=yes",
@@ -161,32 +165,74 @@ class SshBackend(ProcessBackend):
         """Probe every remote host of ``plan``; raises ``HostError`` before anything starts."""
         self._plan = plan
         self._settings = settings
+        self._probe_s = timeouts.probe_s
         self._infos = probe_hosts((host for host in plan.hosts if not host.is_local), settings, timeouts.probe_s)
         self._launcher_address = settings.advertise or next(iter(self._infos.values())).launcher_address
         self.heartbeat_timeout_s: float | None = timeouts.remote_silence_s
+        self._placement = {replica.id: replica.host for replica in plan.replicas}
+        self._lost_hosts: set[str] = set()
         super().__init__()
 
     def start(self, replicas: Sequence[ReplicaPlan], config: RunConfig) -> None:
         """Start a worker per replica (ssh for remote ones), then hand each its configuration."""
-        port = config.control_port
-        silence_s = config.timeouts.remote_silence_s
-        sites = {}
-        for replica in replicas:
-            host = self._plan.host(replica.host)
-            label = f"{replica.id}@{replica.host}"
-            if host.is_local:
-                sites[replica.id] = Site(f"tcp://127.0.0.1:{port}", "tcp://0.0.0.0", self._launcher_address,
-                                         silence_s, local_sys_path())
-                self._processes.spawn(replica.id, label, worker_command())
-                continue
-            info = self._infos[host.name]
-            sites[replica.id] = Site(f"tcp://{info.launcher_address}:{port}", "tcp://0.0.0.0", info.address,
-                                     silence_s)
-            remote = f"exec {shlex.quote(info.python)} -u -m flowgraph worker"
-            self._processes.spawn(replica.id, label, ssh_command(host, self._settings, remote),
-                                  describe=functools.partial(_describe_ssh, host.name))
+        sites = {replica.id: self._spawn(replica, config) for replica in replicas}
         for replica in replicas:
             self._processes.configure(replica.id, config.for_replica(replica, sites[replica.id]))
+
+    def restart(self, replica: ReplicaPlan, config: RunConfig, incarnation: int, skip: int, host_lost: bool) -> str:
+        """A new worker for ``replica`` (the old one is ended if it still runs); returns its host.
+
+        On its host, unless that host was lost: then on the host of its node
+        that runs the fewest replicas, probed first if it runs none yet.
+        Raises ``HostError`` when no host of its node is left.
+        """
+        current = self._placement[replica.id]
+        if host_lost and current != LOCALHOST:
+            self._lost_hosts.add(current)
+        host = self._host(replica) if current in self._lost_hosts else current
+        self._placement[replica.id] = host
+        site = self._spawn(replica, config, incarnation, host)
+        moved = host if host != replica.host else None
+        self._processes.configure(replica.id, config.for_replica(replica, site, incarnation, skip, moved))
+        return host
+
+    def _host(self, replica: ReplicaPlan) -> str:
+        """The host to start ``replica`` on when its own is lost: of its node's, the least loaded that answers."""
+        load = collections.Counter(self._placement.values())
+        candidates = sorted((host for host in self._plan.hosts_of(replica.node) if host.name not in self._lost_hosts),
+                            key=lambda host: load[host.name])
+        for host in candidates:
+            if host.is_local or host.name in self._infos:
+                return host.name
+            try:
+                self._infos.update(probe_hosts([host], self._settings, self._probe_s))
+            except HostError as error:
+                log.warning("%s cannot take %s: %s", host.name, replica.id, error)
+                self._lost_hosts.add(host.name)
+                continue
+            return host.name
+        raise HostError(f"no host left for {replica.id}: {', '.join(sorted(self._lost_hosts))} lost, and node "
+                        f"{replica.node!r} runs on none else")
+
+    def _spawn(self, replica: ReplicaPlan, config: RunConfig, incarnation: int = 0, on: str | None = None) -> Site:
+        """Start the worker of ``replica`` (ssh for a remote one) on host ``on`` (default: its planned host).
+
+        Returns where it is, as it sees it.
+        """
+        port = config.control_port
+        silence_s = config.timeouts.remote_silence_s
+        host = self._plan.host_or_spare(on or replica.host)
+        label = f"{replica.id}@{host.name}"
+        if host.is_local:
+            self._processes.spawn(replica.id, label, worker_command(), incarnation=incarnation)
+            return Site(f"tcp://127.0.0.1:{port}", "tcp://0.0.0.0", self._launcher_address, silence_s,
+                        local_sys_path())
+        info = self._infos[host.name]
+        remote = f"exec {shlex.quote(info.python)} -u -m flowgraph worker"
+        self._processes.spawn(replica.id, label, ssh_command(host, self._settings, remote),
+                              describe=functools.partial(_describe_ssh, host.name), incarnation=incarnation,
+                              remote=True)
+        return Site(f"tcp://{info.launcher_address}:{port}", "tcp://0.0.0.0", info.address, silence_s)
 
 
 def _describe_ssh(host: str, code: int) -> str:

@@ -19,16 +19,29 @@ from __future__ import annotations
 
 import enum
 import inspect
-import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import TopologyError
 from ..settings import check_settings
+from .policy import ErrorPolicy
+from .shapes import Shape, checked_shape
 
 if TYPE_CHECKING:
+    from typing_extensions import TypedDict, Unpack
+
     from .plan import Plan  # plan.py imports this module
+
+    class PolicyKeywords(TypedDict, total=False):
+        """The error policy keywords of ``topo.node`` and ``topo.sink`` (see ``flowgraph.model.policy``)."""
+
+        on_error: str
+        retries: int
+        retry_on: type[BaseException] | tuple[type[BaseException], ...]
+        retry_backoff_s: float
+        max_errors: int | None
+        restarts: int | None
 
 
 class GroupingKind(enum.Enum):
@@ -119,25 +132,19 @@ class NodeKind(enum.Enum):
     SINK = "sink"
 
 
-class Shape(enum.Enum):
-    """The form of the user's code, found once at declaration."""
-
-    FUNCTION = "function"
-    """A plain function: its return value is the output unless it is None."""
-    GENERATOR = "generator"
-    """A generator function: everything it yields is output."""
-    CLASS = "class"
-    """A class: one instance per replica, with setup/process|generate/finish/teardown."""
-    INSTANCE = "instance"
-    """An object with process()/generate(): each replica gets its own copy."""
+ITEMS = "items"
+ERRORS = "errors"
+"""The two streams a node has: the items it emits, and (``handle.errors``) the items it dead-lettered."""
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input edge of a node: the upstream node's name and the grouping."""
+    """One input edge of a node: the upstream node's name, which of its streams, and the grouping."""
 
     upstream: str
     grouping: Grouping
+    stream: str = ITEMS
+    """``items``, or ``errors`` for the upstream's dead letters (``fetch.errors``)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,20 @@ class NodeSpec:
     inputs: tuple[InputSpec, ...]
     hosts: tuple[str, ...]
     """Hosts this node is pinned to (``hosts=``); empty when unpinned."""
+    policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+    """What it does when its code raises, and its restart budget (``on_error=``, ``restarts=``, ...)."""
+
+    @property
+    def restartable(self) -> bool:
+        """Whether a replica may be restarted without a checkpoint: it keeps no state a restart would lose.
+
+        Functions keep none; sources run their generator again; a class (or
+        an object) only if it declares ``restartable = True`` (its ``setup()``
+        rebuilds all it needs).
+        """
+        if self.kind is NodeKind.SOURCE or self.shape in (Shape.FUNCTION, Shape.GENERATOR):
+            return True
+        return getattr(self.code, "restartable", False) is True
 
 
 @dataclass(frozen=True)
@@ -176,7 +197,7 @@ class Handle:
     """What a decorator returns: refers to a declared node, for ``inputs=`` of later nodes.
 
     ``handle.code`` is the decorated function, class or object, for calling
-    it directly in a unit test.
+    it directly in a unit test; ``handle.errors`` is its error stream.
     """
 
     __slots__ = ("topology", "name", "kind", "code")
@@ -187,11 +208,31 @@ class Handle:
         self.kind = kind
         self.code = code
 
+    @property
+    def errors(self) -> ErrorStream:
+        """The items this node dead-letters (``on_error="dead_letter"``), as ``flowgraph.DeadLetter`` records.
+
+        An input like any handle: ``topo.sink(store, inputs=fetch.errors)``.
+        """
+        return ErrorStream(self)
+
     def __repr__(self) -> str:
         return f"<{self.kind.value} {self.name!r} of topology {self.topology.name!r}>"
 
 
-Upstream = Handle | str | type
+class ErrorStream:
+    """The error stream of a node (``handle.errors``): its dead letters, for ``inputs=`` of later nodes."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: Handle) -> None:
+        self.handle = handle
+
+    def __repr__(self) -> str:
+        return f"<errors of {self.handle!r}>"
+
+
+Upstream = Handle | ErrorStream | str | type
 """An input of a node: its handle or its name, as a type checker sees it.
 
 ``type`` is there for mypy, which ignores what a class decorator returns
@@ -239,131 +280,70 @@ class Topology:
         return f"Topology({self.name!r}, nodes={[n.name for n in self._nodes]})"
 
     @overload
-    def source(
-        self,
-        code: None = None,
-        /,
-        *,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-        inputs: None = None,
-    ) -> Callable[[object], Handle]: ...
+    def source(self, code: None = None, /, *, name: str | None = None, parallelism: int = 1,
+               hosts: Iterable[str] | None = None, inputs: None = None,
+               restarts: int | None = None) -> Callable[[object], Handle]: ...
 
     @overload
-    def source(
-        self,
-        code: object,
-        /,
-        *,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-        inputs: None = None,
-    ) -> Handle: ...
+    def source(self, code: object, /, *, name: str | None = None, parallelism: int = 1,
+               hosts: Iterable[str] | None = None, inputs: None = None, restarts: int | None = None) -> Handle: ...
 
-    def source(
-        self,
-        code: object = None,
-        /,
-        *,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-        inputs: InputsArg = None,
-    ) -> Handle | Callable[[object], Handle]:
+    def source(self, code: object = None, /, *, name: str | None = None, parallelism: int = 1,
+               hosts: Iterable[str] | None = None, inputs: InputsArg = None,
+               restarts: int | None = None) -> Handle | Callable[[object], Handle]:
         """Declare a source: a generator function, or a class with ``generate()``.
 
         Usable bare (``@topo.source``), with keywords
         (``@topo.source(parallelism=2)``) or called (``topo.source(obj, name=...)``);
         returns the ``Handle``, or with keywords only the decorator that
         returns it. Each of ``parallelism`` replicas runs it;
-        ``context().replica`` lets a replica take its share. Raises
+        ``context().replica`` lets a replica take its share. ``restarts=``
+        overrides the run's restart budget for its replicas. Raises
         ``TopologyError`` when given ``inputs=`` or code that cannot be
         called without arguments.
         """
-        return self._declare(NodeKind.SOURCE, code, name, parallelism, hosts, inputs)
+        return self._declare(NodeKind.SOURCE, code, name, parallelism, hosts, inputs, {"restarts": restarts})
 
     @overload
-    def node(
-        self,
-        code: None = None,
-        /,
-        *,
-        inputs: InputsArg = None,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-    ) -> Callable[[object], Handle]: ...
+    def node(self, code: None = None, /, *, inputs: InputsArg = None, name: str | None = None,
+             parallelism: int = 1, hosts: Iterable[str] | None = None,
+             **policy: Unpack[PolicyKeywords]) -> Callable[[object], Handle]: ...
 
     @overload
-    def node(
-        self,
-        code: object,
-        /,
-        *,
-        inputs: InputsArg = None,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-    ) -> Handle: ...
+    def node(self, code: object, /, *, inputs: InputsArg = None, name: str | None = None, parallelism: int = 1,
+             hosts: Iterable[str] | None = None, **policy: Unpack[PolicyKeywords]) -> Handle: ...
 
-    def node(
-        self,
-        code: object = None,
-        /,
-        *,
-        inputs: InputsArg = None,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-    ) -> Handle | Callable[[object], Handle]:
+    def node(self, code: object = None, /, *, inputs: InputsArg = None, name: str | None = None,
+             parallelism: int = 1, hosts: Iterable[str] | None = None,
+             **policy: Unpack[PolicyKeywords]) -> Handle | Callable[[object], Handle]:
         """Declare a node: a function (return value or generator) or a class with ``process()``.
 
         ``inputs=`` is a handle, a node name, a list of them, or a dict
-        ``{handle: grouping}``; the default grouping is ``shuffle()``.
-        Returns the ``Handle``, or with keywords only the decorator that
-        returns it. Raises ``TopologyError`` when the function (or
-        ``process``) cannot be called with one item.
+        ``{handle: grouping}``; the default grouping is ``shuffle()``. A
+        handle's ``.errors`` is the error stream of a node that dead-letters.
+        The error policy (``on_error=``, ``retries=``, ``retry_on=``,
+        ``retry_backoff_s=``, ``max_errors=``, ``restarts=``) is described
+        in ``flowgraph.model.policy``. Returns the ``Handle``, or with keywords
+        only the decorator that returns it. Raises ``TopologyError`` when the
+        function (or ``process``) cannot be called with one item, or the
+        policy is malformed.
         """
-        return self._declare(NodeKind.NODE, code, name, parallelism, hosts, inputs)
+        return self._declare(NodeKind.NODE, code, name, parallelism, hosts, inputs, policy)
 
     @overload
-    def sink(
-        self,
-        code: None = None,
-        /,
-        *,
-        inputs: InputsArg = None,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-    ) -> Callable[[object], Handle]: ...
+    def sink(self, code: None = None, /, *, inputs: InputsArg = None, name: str | None = None,
+             parallelism: int = 1, hosts: Iterable[str] | None = None,
+             **policy: Unpack[PolicyKeywords]) -> Callable[[object], Handle]: ...
 
     @overload
-    def sink(
-        self,
-        code: object,
-        /,
-        *,
-        inputs: InputsArg = None,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-    ) -> Handle: ...
+    def sink(self, code: object, /, *, inputs: InputsArg = None, name: str | None = None, parallelism: int = 1,
+             hosts: Iterable[str] | None = None, **policy: Unpack[PolicyKeywords]) -> Handle: ...
 
-    def sink(
-        self,
-        code: object = None,
-        /,
-        *,
-        inputs: InputsArg = None,
-        name: str | None = None,
-        parallelism: int = 1,
-        hosts: Iterable[str] | None = None,
-    ) -> Handle | Callable[[object], Handle]:
+    def sink(self, code: object = None, /, *, inputs: InputsArg = None, name: str | None = None,
+             parallelism: int = 1, hosts: Iterable[str] | None = None,
+             **policy: Unpack[PolicyKeywords]) -> Handle | Callable[[object], Handle]:
         """Declare a sink: like ``node``, but what it returns or yields is dropped."""
-        return self._declare(NodeKind.SINK, code, name, parallelism, hosts, inputs)
+        return self._declare(NodeKind.SINK, code, name, parallelism, hosts, inputs, policy)
 
     def spec(self) -> TopologySpec:
         """The topology as declared so far, as frozen data (not validated as a graph)."""
@@ -388,9 +368,10 @@ class Topology:
         parallelism: int,
         hosts: Iterable[str] | None,
         inputs: InputsArg,
+        policy: Mapping[str, Any],
     ) -> Handle | Callable[[object], Handle]:
         def declare(code: object) -> Handle:
-            return self._add(kind, code, name, parallelism, hosts, inputs)
+            return self._add(kind, code, name, parallelism, hosts, inputs, policy)
 
         if code is None:
             return declare
@@ -404,6 +385,7 @@ class Topology:
         parallelism: int,
         hosts: Iterable[str] | None,
         inputs: InputsArg,
+        policy: Mapping[str, Any],
     ) -> Handle:
         node_name = name if name is not None else _default_name(code)
         what = f"{kind.value} {node_name!r}"
@@ -430,10 +412,11 @@ class Topology:
                 name=node_name,
                 kind=kind,
                 code=code,
-                shape=_checked_shape(what, kind, code),
+                shape=checked_shape(what, kind.value, code),
                 parallelism=parallelism,
                 inputs=input_specs,
                 hosts=_host_tuple(what, hosts),
+                policy=_policy(what, policy),
             )
         )
         return Handle(self, node_name, kind, code)
@@ -445,7 +428,7 @@ class Topology:
             )
         if isinstance(inputs, Mapping):
             pairs = list(inputs.items())
-        elif isinstance(inputs, (Handle, str)):
+        elif isinstance(inputs, (Handle, ErrorStream, str)):
             pairs = [(inputs, shuffle())]
         elif isinstance(inputs, Iterable):
             pairs = [(upstream, shuffle()) for upstream in inputs]
@@ -453,15 +436,18 @@ class Topology:
             raise TopologyError(f"{what}: inputs= takes a handle, a name, a list or a dict, not {inputs!r}")
         specs: list[InputSpec] = []
         for upstream, grouping in pairs:
-            upstream_name = self._upstream_name(what, upstream)
+            stream = ERRORS if isinstance(upstream, ErrorStream) else ITEMS
+            handle = upstream.handle if isinstance(upstream, ErrorStream) else upstream
+            upstream_name = self._upstream_name(what, handle)
+            label = upstream_name if stream == ITEMS else f"{upstream_name}.errors"
             if not isinstance(grouping, Grouping):
                 raise TopologyError(
-                    f"{what}: input {upstream_name!r} has grouping {grouping!r}; "
+                    f"{what}: input {label!r} has grouping {grouping!r}; "
                     "expected shuffle(), by_key(...) or broadcast()"
                 )
-            if any(spec.upstream == upstream_name for spec in specs):
-                raise TopologyError(f"{what} lists input {upstream_name!r} twice")
-            specs.append(InputSpec(upstream_name, grouping))
+            if any((spec.upstream, spec.stream) == (upstream_name, stream) for spec in specs):
+                raise TopologyError(f"{what} lists input {label!r} twice")
+            specs.append(InputSpec(upstream_name, grouping, stream))
         return tuple(specs)
 
     def _upstream_name(self, what: str, upstream: Any) -> str:
@@ -501,102 +487,10 @@ def _host_tuple(what: str, hosts: Iterable[str] | None) -> tuple[str, ...]:
     return result
 
 
-def _shape_of(what: str, kind: NodeKind, code: Any) -> Shape:
-    method = "generate" if kind is NodeKind.SOURCE else "process"
-    if inspect.isclass(code):
-        if not callable(getattr(code, method, None)):
-            raise TopologyError(f"{what}: class {code.__name__} has no {method}() method")
-        return Shape.CLASS
-    if inspect.isgeneratorfunction(code):
-        return Shape.GENERATOR
-    if inspect.isfunction(code) or inspect.isbuiltin(code) or inspect.ismethod(code):
-        return Shape.FUNCTION
-    if callable(getattr(code, method, None)):
-        return Shape.INSTANCE
-    if callable(code):
-        return Shape.FUNCTION
-    raise TopologyError(
-        f"{what}: expected a function, a class or an object with {method}(), not {code!r}"
-    )
-
-
-def _checked_shape(what: str, kind: NodeKind, code: Any) -> Shape:
-    """The shape of ``code``, after checking that the runtime can call it as it will."""
-    shape = _shape_of(what, kind, code)
-    if shape in (Shape.FUNCTION, Shape.GENERATOR):
-        if kind is NodeKind.SOURCE:
-            _check_call(what, code, 0, "a source's function takes no arguments")
-        else:
-            _check_call(what, code, 1, "a node's function takes the item as its only argument")
-        return shape
-    if shape is Shape.CLASS:
-        _check_call(what, code, 0, "every replica makes its instance without arguments; give the class its "
-                    f"settings as class attributes, or declare an instance: topo.{kind.value}({code.__name__}(...))")
-    if kind is NodeKind.SOURCE:
-        _check_call(what, _method(code, shape, "generate"), 0, "generate() takes no arguments")
-    else:
-        _check_call(what, _method(code, shape, "process"), 1, "process() takes the item as its only argument")
-    for phase in ("setup", "finish", "teardown"):
-        _check_call(what, _method(code, shape, phase), 0, "setup(), finish() and teardown() take no arguments")
-    return shape
-
-
-def _method(code: Any, shape: Shape, name: str) -> Any:
-    """``code``'s method ``name`` as a replica will call it.
-
-    None (not checked) when it is undefined, or on a class neither a
-    function nor a static or class method.
-    """
-    if shape is Shape.INSTANCE:
-        return getattr(code, name, None)
-    attribute = inspect.getattr_static(code, name, None)
-    if isinstance(attribute, (staticmethod, classmethod)):
-        return getattr(code, name)
-    if inspect.isfunction(attribute):
-        return types.MethodType(attribute, object())  # bound to a stand-in: the class is not instantiated here
-    return None
-
-
-def _check_call(what: str, function: Any, item_count: int, hint: str) -> None:
-    """Raise ``TopologyError`` unless ``function`` can be called with ``item_count`` positional items."""
-    if function is None:
-        return
-    bound = 0
-    if inspect.ismethod(function):  # check the function as written, self included
-        function, bound = function.__func__, 1
-    try:  # the runtime calls a functools.wraps wrapper, whatever the function it wraps takes
-        signature = inspect.signature(function, follow_wrapped=False)
-    except (TypeError, ValueError):
-        return
-    try:
-        signature.bind(*[None] * (bound + item_count))
-    except TypeError:
-        pass
-    else:
-        return
-    qualname = getattr(function, "__qualname__", type(function).__qualname__)
-    label = qualname.rpartition("<locals>.")[2]  # Count.process, not make.<locals>.Count.process
-    call = "with one item" if item_count else "without arguments"
-    raise TopologyError(
-        f"{what}: {label}{signature} cannot be called {call} "
-        f"({_why_not(signature, bound, item_count)}); {hint}"
-    )
-
-
-def _why_not(signature: inspect.Signature, bound: int, item_count: int) -> str:
-    """Why ``signature`` does not bind ``bound`` (self) and then ``item_count`` positional arguments."""
-    parameters = list(signature.parameters.values())
-    keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
-    if keyword_only:
-        plural = "s" if len(keyword_only) > 1 else ""
-        return f"it has required keyword-only parameter{plural} {', '.join(keyword_only)}"
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    self_parameter = positional.pop(0) if bound and positional else None
-    besides = f" besides {self_parameter.name}" if self_parameter else ""
-    required = [p for p in positional if p.default is p.empty]
-    if len(required) > item_count:
-        plural = "s" if len(required) > 1 else ""
-        return f"it has {len(required)} required parameter{plural}{besides}"
-    if any(p is not self_parameter for p in parameters):
-        return f"it takes no positional parameters{besides}"
-    return f"it takes no parameters{besides}"
+def _policy(what: str, keywords: Mapping[str, Any]) -> ErrorPolicy:
+    """The ``ErrorPolicy`` of a declaration's keywords; a keyword that is no policy's is a ``TopologyError``."""
+    unknown = sorted(set(keywords) - set(inspect.signature(ErrorPolicy.declared).parameters) - {"what"})
+    if unknown:
+        raise TopologyError(f"{what}: unexpected keyword {', '.join(map(repr, unknown))}; the policy keywords "
+                            "are on_error, retries, retry_on, retry_backoff_s, max_errors and restarts")
+    return ErrorPolicy.declared(what, **keywords)

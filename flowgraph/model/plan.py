@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..settings import BufferSettings, size_text
-from .dsl import Grouping, GroupingKind, NodeKind, TopologySpec
+from .dsl import ERRORS, ITEMS, Grouping, GroupingKind, NodeKind, NodeSpec, TopologySpec
 from .hosts import LOCALHOST, Host, deal, parse_hosts
+from .policy import ErrorPolicy
 
 IN_SLOT = "in"
+STREAMS = (ITEMS, ERRORS)
 T = TypeVar("T")
 
 
@@ -53,6 +55,14 @@ class NodePlan:
     kind: NodeKind
     index: int
     parallelism: int
+    policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+    """What it does when its code raises (``on_error=``, ``retries=``, ...)."""
+    restarts: int = 0
+    """How often each replica may be restarted: the node's ``restarts=``, else the run's ``--restarts``."""
+    restartable: bool = True
+    """Whether it may be restarted without a checkpoint (``NodeSpec.restartable``)."""
+    hosts: tuple[str, ...] = ()
+    """The hosts it is pinned to (``hosts=``); empty: any host of the run."""
 
 
 @dataclass(frozen=True)
@@ -66,17 +76,42 @@ class EdgePlan:
     consumers: int
     buffers: BufferSettings = field(default_factory=BufferSettings)
     """The effective settings of this edge (defaults, topology, run, then the edge's own)."""
+    stream: str = ITEMS
+    """``items``, or ``errors``: the upstream's dead letters (always pickled: they carry any item)."""
+    acked: bool = False
+    """Consumers acknowledge what they processed and producers keep it until then (a run with restarts)."""
 
     @property
     def sockets(self) -> tuple[str, str]:
         """(producer socket type, consumer socket type)."""
-        if self.grouping.kind is GroupingKind.BROADCAST:
+        if self.grouping.kind is GroupingKind.BROADCAST and not self.acked:
             return ("XPUB", "SUB")
         return ("PUSH", "PULL")
 
     @property
+    def is_pub_sub(self) -> bool:
+        """A broadcast over XPUB/SUB (without restarts; with them, a PUSH to each consumer replica)."""
+        return self.grouping.kind is GroupingKind.BROADCAST and not self.acked
+
+    @property
+    def has_back_channel(self) -> bool:
+        """Consumers talk back to producers on this edge: credit (``uses_credit``), acknowledgements (``acked``)."""
+        return self.uses_credit or self.acked
+
+    @property
     def name(self) -> str:
-        return f"{self.upstream}->{self.downstream}"
+        """``upstream->downstream``, or ``upstream.errors->downstream`` for an error stream."""
+        return f"{self.source_name}->{self.downstream}"
+
+    @property
+    def source_name(self) -> str:
+        """What the consumer sees as its input (``context().input``): the upstream, or ``upstream.errors``."""
+        return self.upstream if self.stream == ITEMS else f"{self.upstream}.{ERRORS}"
+
+    @property
+    def port(self) -> int:
+        """Which of the upstream's streams the edge carries, as data headers say it: 0 items, 1 errors."""
+        return STREAMS.index(self.stream)
 
     @property
     def uses_credit(self) -> bool:
@@ -131,6 +166,25 @@ class Plan:
     hosts: tuple[Host, ...] = (Host(LOCALHOST),)
     """Every host that runs a replica, with its settings."""
     buffers: BufferSettings = field(default_factory=BufferSettings)
+    spare_hosts: tuple[Host, ...] = ()
+    """With restarts: hosts of the run that run no replica, where a replica whose host is lost may go."""
+
+    def host_or_spare(self, name: str) -> Host:
+        """The host called ``name``, among those that run replicas or the spare ones."""
+        found = next((host for host in (*self.hosts, *self.spare_hosts) if host.name == name), None)
+        return self._found(found, f"host {name!r}", lambda: "hosts: " + ", ".join(
+            host.name for host in (*self.hosts, *self.spare_hosts)))
+
+    def hosts_of(self, node: str) -> tuple[Host, ...]:
+        """The hosts ``node`` may run on: those it is pinned to, else every host of the run."""
+        named = {host.name: host for host in (*self.hosts, *self.spare_hosts)}
+        pinned = self.node(node).hosts
+        return tuple(named[name] for name in pinned if name in named) if pinned else tuple(named.values())
+
+    @property
+    def recoverable(self) -> bool:
+        """Some replica may be restarted: every edge is then acknowledged (``EdgePlan.acked``)."""
+        return any(node.restarts > 0 for node in self.nodes)
 
     def host(self, name: str) -> Host:
         """The host called ``name``; ``KeyError`` naming the plan's hosts if no replica runs there."""
@@ -188,11 +242,14 @@ def plan_run(
     hosts: str | Iterable[str] | Iterable[Host] | None = None,
     buffers: BufferSettings | None = None,
     hwm: int | None = None,
+    restarts: int = 0,
 ) -> Plan:
     """Validate ``spec`` and compute its plan; raises ``TopologyError`` (or ``HostError``).
 
     Settings: ``buffers`` (the run's) replace the topology's; ``hwm``
     overrides the high-water mark; an edge's own settings win over both.
+    ``restarts`` is the run's restart budget per replica (a node's
+    ``restarts=`` wins); with any budget, every edge is acknowledged.
 
     Placement: the replicas of nodes without ``hosts=`` are dealt round
     robin, in plan order, over ``hosts`` (default: this machine; a host with
@@ -203,17 +260,15 @@ def plan_run(
 
     order = topological_order(spec)
     run_hosts = _hosts(hosts) if hosts else (Host(LOCALHOST),)
-    nodes = tuple(
-        NodePlan(name, spec.node(name).kind, index, spec.node(name).parallelism)
-        for index, name in enumerate(order)
-    )
+    nodes = tuple(_node(spec.node(name), index, restarts) for index, name in enumerate(order))
+    acked = any(node.restarts > 0 for node in nodes)
     parallelism = {node.name: node.parallelism for node in nodes}
     base = buffers or BufferSettings().with_overrides(dict(spec.settings))
     if hwm is not None:
         base = base.with_overrides({"hwm": hwm})
     edges = tuple(
         EdgePlan(edge.upstream, name, edge.grouping, parallelism[edge.upstream], parallelism[name],
-                 base.with_overrides(dict(edge.grouping.settings)))
+                 _edge_buffers(base, edge.grouping.settings, edge.stream), edge.stream, acked)
         for name in order
         for edge in spec.node(name).inputs
     )
@@ -231,8 +286,20 @@ def plan_run(
     used = {replica.host for replica in replicas}
     every_host = {host.name: host for host in [*run_hosts, *(_pinned(name, run_hosts) for node in spec.nodes
                                                            for name in node.hosts)]}
+    spares = tuple(host for name, host in every_host.items() if name not in used) if acked else ()
     return Plan(spec.name, nodes, edges, tuple(replicas),
-                tuple(host for name, host in every_host.items() if name in used), base)
+                tuple(host for name, host in every_host.items() if name in used), base, spares)
+
+
+def _node(spec: NodeSpec, index: int, restarts: int) -> NodePlan:
+    budget = spec.policy.restarts if spec.policy.restarts is not None else restarts
+    return NodePlan(spec.name, spec.kind, index, spec.parallelism, spec.policy, budget, spec.restartable, spec.hosts)
+
+
+def _edge_buffers(base: BufferSettings, own: tuple[tuple[str, object], ...], stream: str) -> BufferSettings:
+    """An edge's settings: the run's, then its own; an error stream is always pickled (a dead letter holds any item)."""
+    buffers = base.with_overrides(dict(own))
+    return buffers if stream == ITEMS else buffers.with_overrides({"serializer": "pickle"})
 
 
 def _hosts(hosts: str | Iterable[str] | Iterable[Host]) -> tuple[Host, ...]:
@@ -259,23 +326,21 @@ def _replica(
     inputs = [edge for edge in edges if edge.downstream == node.name]
     outputs = [edge for edge in edges if edge.upstream == node.name]
     binds = []
-    if any(edge.grouping.kind is not GroupingKind.BROADCAST for edge in inputs):
+    if any(not edge.is_pub_sub for edge in inputs):
         binds.append(BindPlan(IN_SLOT, "PULL"))
-    binds += [BindPlan(broadcast_slot(edge.downstream), "XPUB")
-              for edge in outputs if edge.grouping.kind is GroupingKind.BROADCAST]
-    binds += [BindPlan(credit_slot(edge.downstream), "CREDIT") for edge in outputs if edge.uses_credit]
+    binds += [BindPlan(broadcast_slot(edge), "XPUB") for edge in outputs if edge.is_pub_sub]
+    binds += [BindPlan(back_slot(edge), _back_socket(edge)) for edge in outputs if edge.has_back_channel]
     connects = []
     for edge in outputs:
-        if edge.grouping.kind is not GroupingKind.BROADCAST:
+        if not edge.is_pub_sub:
             connects += [ConnectPlan("PUSH", replica_id(edge.downstream, peer), IN_SLOT, edge.name)
                          for peer in range(edge.consumers)]
     for edge in inputs:
-        if edge.grouping.kind is GroupingKind.BROADCAST:
-            connects += [ConnectPlan("SUB", replica_id(edge.upstream, peer),
-                                     broadcast_slot(node.name), edge.name)
+        if edge.is_pub_sub:
+            connects += [ConnectPlan("SUB", replica_id(edge.upstream, peer), broadcast_slot(edge), edge.name)
                          for peer in range(edge.producers)]
-        elif edge.uses_credit:
-            connects += [ConnectPlan("CREDIT", replica_id(edge.upstream, peer), credit_slot(node.name), edge.name)
+        if edge.has_back_channel:
+            connects += [ConnectPlan(_back_socket(edge), replica_id(edge.upstream, peer), back_slot(edge), edge.name)
                          for peer in range(edge.producers)]
     return ReplicaPlan(
         node=node.name,
@@ -288,14 +353,34 @@ def _replica(
     )
 
 
-def broadcast_slot(downstream: str) -> str:
-    """The slot name of the XPUB socket a producer binds for a broadcast edge to ``downstream``."""
-    return f"out:{downstream}"
+def _restarts(node: NodePlan) -> str:
+    if not node.restarts:
+        return ""
+    return f"restarts={node.restarts}" + ("" if node.restartable else " (not restartable: keeps state)")
 
 
-def credit_slot(downstream: str) -> str:
-    """The slot name of the credit socket a producer binds for a demand-driven shuffle edge to ``downstream``."""
-    return f"credit:{downstream}"
+def broadcast_slot(edge: EdgePlan) -> str:
+    """The slot name of the XPUB socket a producer binds for broadcast ``edge``: ``out:<downstream>``."""
+    return f"out:{_edge_slot(edge)}"
+
+
+def back_slot(edge: EdgePlan) -> str:
+    """The slot of the socket a producer binds for what consumers send back on ``edge``.
+
+    ``credit:<downstream>`` for the credit of a demand-driven shuffle;
+    ``back:<downstream>`` in a run with restarts, where it carries the
+    acknowledgements of every edge (and the credit of a shuffle).
+    """
+    return f"{'back' if edge.acked else 'credit'}:{_edge_slot(edge)}"
+
+
+def _back_socket(edge: EdgePlan) -> str:
+    """How ``flowgraph check`` lists the back channel: ``CREDIT`` or ``BACK``."""
+    return "BACK" if edge.acked else "CREDIT"
+
+
+def _edge_slot(edge: EdgePlan) -> str:
+    return edge.downstream if edge.stream == ITEMS else f"{edge.downstream}.{ERRORS}"
 
 
 def describe_plan(plan: Plan) -> str:
@@ -310,9 +395,10 @@ def describe_plan(plan: Plan) -> str:
     for node in plan.nodes:
         hosts = sorted({r.host for r in plan.replicas if r.node == node.name})
         eos = plan.replica(node.name, 0).eos_expected
+        policy = " ".join(filter(None, [node.policy.describe(), _restarts(node)]))
         lines.append(
             f"  {node.name:<20} {node.kind.value:<6} parallelism={node.parallelism}  "
-            f"eos_expected={eos}  hosts={','.join(hosts)}"
+            f"eos_expected={eos}  hosts={','.join(hosts)}" + (f"  {policy}" if policy else "")
         )
     lines += ["", "edges:"]
     for edge in plan.edges:

@@ -34,6 +34,20 @@ class ReplicaReport:
     """Wall-clock time (epoch seconds) it finished; 0 if it did not."""
     error: str | None = None
     """Why it failed, for the replica that failed the run."""
+    errors: int = 0
+    """Exceptions its code raised on items (each attempt counts; see ``on_error=``)."""
+    retries: int = 0
+    """Attempts after the first (``retries=``)."""
+    skipped: int = 0
+    """Items given up and dropped (``on_error="skip"``)."""
+    dead_lettered: int = 0
+    """Items given up and sent to its error stream (``on_error="dead_letter"``)."""
+    restarts: int = 0
+    """How often it was restarted (``--restarts``)."""
+    restarted_because: tuple[str, ...] = ()
+    """Why, each time: ``died: killed by SIGKILL``, ``stopped answering: ...``, ``failed in process(): ...``."""
+    replayed: int = 0
+    """Items it sent again to restarted consumers."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,38 @@ class NodeReport:
     @property
     def items_out(self) -> int:
         return sum(r.items_out for r in self.replicas)
+
+    @property
+    def busy_s(self) -> float:
+        return sum(r.busy_s for r in self.replicas)
+
+    @property
+    def blocked_s(self) -> float:
+        return sum(r.blocked_s for r in self.replicas)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.replicas)
+
+    @property
+    def retries(self) -> int:
+        return sum(r.retries for r in self.replicas)
+
+    @property
+    def skipped(self) -> int:
+        return sum(r.skipped for r in self.replicas)
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(r.dead_lettered for r in self.replicas)
+
+    @property
+    def restarts(self) -> int:
+        return sum(r.restarts for r in self.replicas)
+
+    @property
+    def replayed(self) -> int:
+        return sum(r.replayed for r in self.replicas)
 
     @property
     def wall_s(self) -> float:
@@ -86,6 +132,8 @@ class RunReport:
     """For nodes named in ``run(collect=...)``: the items each replica received, in arrival order."""
     status: str = "ok"
     """How the run ended: ``ok``, ``failed`` or ``interrupted``."""
+    guarantee: str = "exactly once without failures; fail fast"
+    """What it delivered under: fail fast (the default), or at least once with restarts."""
 
     def __getitem__(self, node: str) -> NodeReport:
         return self.nodes[node]
@@ -94,9 +142,16 @@ class RunReport:
         return iter(self.nodes.values())
 
     def summary(self) -> str:
-        """A plain-text table: one row per node, then one per replica when there are several."""
-        header = (f"{'node':<24} {'kind':<6} {'replicas':>8} {'in':>10} {'out':>10} {'time s':>8} "
-                  f"{'busy s':>8} {'blocked s':>9}")
+        """A plain-text table: one row per node, then one per replica when there are several.
+
+        The columns of the error policies (errors, retries, skipped, dead)
+        are there when some replica counted any.
+        """
+        columns = list(_COLUMNS)
+        if any(getattr(r, field) for node in self for r in node.replicas for _, field, _, _ in _POLICY_COLUMNS):
+            columns += _POLICY_COLUMNS
+        header = f"{'node':<24} {'kind':<6} {'replicas':>8} " + " ".join(f"{title:>{width}}"
+                                                                          for title, _, width, _ in columns)
         lines = [
             f"topology {self.topology!r} ({self.mode}): {_OUTCOMES[self.status]} {self.wall_s:.2f} s "
             f"(startup {self.startup_s:.2f} s)",
@@ -104,16 +159,27 @@ class RunReport:
             "-" * len(header),
         ]
         for node in self.nodes.values():
-            lines.append(
-                f"{node.name:<24} {node.kind:<6} {node.parallelism:>8} {node.items_in:>10} {node.items_out:>10} "
-                f"{node.wall_s:>8.2f} {sum(r.busy_s for r in node.replicas):>8.2f} "
-                f"{sum(r.blocked_s for r in node.replicas):>9.2f}"
-            )
+            lines.append(f"{node.name:<24} {node.kind:<6} {node.parallelism:>8} " + _cells(node, columns))
             if node.parallelism > 1:
                 for r in node.replicas:
-                    label = f"  /{r.replica}@{r.host}"
-                    lines.append(
-                        f"{label:<24} {'':<6} {'':>8} {r.items_in:>10} {r.items_out:>10} "
-                        f"{r.wall_s:>8.2f} {r.busy_s:>8.2f} {r.blocked_s:>9.2f}"
-                    )
+                    lines.append(f"{f'  /{r.replica}@{r.host}':<24} {'':<6} {'':>8} " + _cells(r, columns))
+        lines.append(f"delivery: {self.guarantee}")
+        restarted = [r for node in self for r in node.replicas if r.restarts]
+        for r in restarted:
+            lines.append(f"restarted {r.node}/{r.replica} {r.restarts} time{'s' if r.restarts > 1 else ''}: "
+                         + "; ".join(r.restarted_because))
+        if restarted:
+            replayed = sum(node.replayed for node in self)
+            lines.append(f"{sum(r.restarts for r in restarted)} restarts, {replayed} items replayed")
         return "\n".join(lines)
+
+
+_COLUMNS = [("in", "items_in", 10, "d"), ("out", "items_out", 10, "d"), ("time s", "wall_s", 8, ".2f"),
+            ("busy s", "busy_s", 8, ".2f"), ("blocked s", "blocked_s", 9, ".2f")]
+_POLICY_COLUMNS = [("errors", "errors", 7, "d"), ("retries", "retries", 7, "d"), ("skipped", "skipped", 7, "d"),
+                   ("dead", "dead_lettered", 7, "d")]
+"""(title, attribute of ``NodeReport`` and ``ReplicaReport``, width, format) of the summary's columns."""
+
+
+def _cells(counters: NodeReport | ReplicaReport, columns: list[tuple[str, str, int, str]]) -> str:
+    return " ".join(f"{getattr(counters, field):>{width}{form}}" for _, field, width, form in columns)

@@ -44,6 +44,7 @@ class Agent(threading.Thread):
         heartbeat_s: float,
         silence_s: float,
         curve: Curve | None = None,
+        incarnation: int = 0,
     ) -> None:
         super().__init__(name=f"flowgraph-agent-{replica_id}", daemon=True)
         self._context = context
@@ -55,6 +56,7 @@ class Agent(threading.Thread):
         self._curve = curve
         self._heartbeat_s = heartbeat_s
         self._silence_s = silence_s
+        self._incarnation = incarnation
         self._pair_endpoint = f"inproc://flowgraph-agent-{id(self)}"
         self._pair = context.socket(zmq.PAIR)
         self._pair.linger = 0
@@ -137,7 +139,7 @@ class Agent(threading.Thread):
         return monitors
 
     def _send(self, dealer: zmq.Socket, message: Message, attachment: object = None) -> None:
-        dealer.send_multipart(encode_control(self._token, message, self._replica_id, attachment))
+        dealer.send_multipart(encode_control(self._token, message, self._replica_id, attachment, self._incarnation))
 
     def _request_stop(self, reason: str) -> None:
         self._pair.send_pyobj(Stop(reason))

@@ -71,7 +71,7 @@ def main() -> int:
     counters = Counters()
     agent = Agent(context, config.control, config.token, config.replica_id, on_stop=_hard_exit_after(grace_s),
                   counters=counters, heartbeat_s=config.timeouts.heartbeat_s, silence_s=config.silence_s,
-                  curve=curve)
+                  curve=curve, incarnation=config.incarnation)
     pipe = agent.pipe()
     agent.start()
     threading.Thread(target=_watch_stdin, args=(agent, grace_s), name="flowgraph-stdin", daemon=True).start()

@@ -31,6 +31,12 @@ class WorkerConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     silence_s: float = 10.0
     """It gives the launcher up after this long without a heartbeat (a local or a remote worker's)."""
+    incarnation: int = 0
+    """Which start of the replica (0 the first; a restart counts up): every frame it sends carries it."""
+    skip: int = 0
+    """A restarted source: how many of its items were acknowledged already."""
+    host: str | None = None
+    """The host it runs on, when a restart moved it off the planned one."""
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: bool = False
     """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""

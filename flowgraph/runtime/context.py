@@ -17,10 +17,10 @@ class Context:
     The object lives as long as the replica; ``input`` changes with every item.
     """
 
-    __slots__ = ("node", "replica", "parallelism", "host", "input", "params")
+    __slots__ = ("node", "replica", "parallelism", "host", "input", "params", "incarnation")
 
     def __init__(
-        self, node: str, replica: int, parallelism: int, host: str, params: Mapping[str, Any]
+        self, node: str, replica: int, parallelism: int, host: str, params: Mapping[str, Any], incarnation: int = 0
     ) -> None:
         self.node = node
         """Name of the node this replica belongs to."""
@@ -34,6 +34,8 @@ class Context:
         """Name of the upstream node of the item being processed (``None`` in sources and setup)."""
         self.params = params
         """The run's parameters: ``--set KEY=VALUE`` (values are strings) or ``run(params=...)``."""
+        self.incarnation = incarnation
+        """How often this replica was restarted before (``--restarts``): 0 for its first start."""
 
     def __repr__(self) -> str:
         return (

@@ -28,7 +28,8 @@ class EdgeCounters:
 class Counters:
     """What one replica has done so far."""
 
-    __slots__ = ("items_in", "items_out", "busy_s", "blocked_s", "started_at", "ended_at", "edges")
+    __slots__ = ("items_in", "items_out", "busy_s", "blocked_s", "started_at", "ended_at", "errors", "retries",
+                 "skipped", "dead_lettered", "acked", "replayed", "incarnation", "edges")
 
     def __init__(self) -> None:
         self.items_in = 0
@@ -43,6 +44,20 @@ class Counters:
         """Wall-clock time (``time.time()``) of the start barrier; 0 before."""
         self.ended_at = 0.0
         """Wall-clock time (``time.time()``) it ended, cleanly or not; 0 while it runs."""
+        self.errors = 0
+        """Exceptions its code raised on items (each attempt counts)."""
+        self.retries = 0
+        """Attempts after the first."""
+        self.skipped = 0
+        """Items given up and dropped (``on_error="skip"``)."""
+        self.dead_lettered = 0
+        """Items given up and sent to its error stream (``on_error="dead_letter"``)."""
+        self.acked = 0
+        """A source's items acknowledged all the way down, in order (with restarts)."""
+        self.replayed = 0
+        """Items sent again to restarted consumer replicas."""
+        self.incarnation = 0
+        """Which start of the replica this is: how often it was restarted before."""
         self.edges: dict[str, EdgeCounters] = {}
         """Per output edge, by edge name (``upstream->downstream``)."""
 
@@ -54,5 +69,12 @@ class Counters:
             busy_s=self.busy_s,
             started_at=self.started_at,
             ended_at=self.ended_at,
+            errors=self.errors,
+            retries=self.retries,
+            skipped=self.skipped,
+            dead_lettered=self.dead_lettered,
+            acked=self.acked,
+            replayed=self.replayed,
+            incarnation=self.incarnation,
             edges={name: counters.snapshot() for name, counters in self.edges.items()},
         )

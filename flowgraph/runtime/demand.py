@@ -36,11 +36,11 @@ from typing import Any
 
 import zmq
 
-from ..model.plan import Plan, ReplicaPlan, credit_slot, replica_id
-from ..wire.frames import Kind, decode_header, encode_header
+from ..model.plan import Plan, ReplicaPlan, back_slot, replica_id
+from ..wire.frames import Kind, Sender, encode_header
 from .counters import Counters
-from .edges import AddressBook, EdgeSetup, PushEdge
-from .sockets import Wiring, ready_to_read, send_frames
+from .edges import KEPT_BATCHES, AddressBook, EdgeSetup, PushEdge
+from .sockets import Wiring, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,9 @@ class _Grant:
     """What one consumer replica granted one producer replica, and what arrived."""
 
     producer_id: str
+    slot: str
+    """The producer's credit socket for this edge."""
+    port: int
     most: int
     """The largest grant: what the edge's queues hold (high-water mark times items per batch)."""
     granted: int = CREDIT_START_ITEMS
@@ -112,20 +115,22 @@ class _Grant:
 class Grants:
     """Credit this replica grants the producers of its demand-driven shuffle inputs (the consumer's half)."""
 
-    def __init__(self, plan: Plan, replica: ReplicaPlan, token: bytes, wiring: Wiring, counters: Counters) -> None:
+    def __init__(self, plan: Plan, replica: ReplicaPlan, incarnation: int, token: bytes, wiring: Wiring,
+                 counters: Counters) -> None:
         self._counters = counters
         self._wiring = wiring
         self._token = token
         self._node = plan.node(replica.node).index
         self._replica = replica.index
-        self._slot = credit_slot(replica.node)
-        self._grants: dict[tuple[int, int], _Grant] = {
-            (plan.node(edge.upstream).index, producer): _Grant(
-                replica_id(edge.upstream, producer), edge.buffers.effective_hwm * edge.buffers.batch_items)
+        self._incarnation = incarnation
+        self._grants: dict[Sender, _Grant] = {
+            (plan.node(edge.upstream).index, producer, edge.port): _Grant(
+                replica_id(edge.upstream, producer), back_slot(edge), edge.port,
+                edge.buffers.effective_hwm * edge.buffers.batch_items)
             for edge in plan.edges_into(replica.node) if edge.uses_credit
             for producer in range(edge.producers)
         }
-        self._owed: set[tuple[int, int]] = set()
+        self._owed: set[Sender] = set()
         """Producers whose grant could not be sent (their queue was full): tried again before waiting."""
 
     def connect(self, context: zmq.Context, address_book: AddressBook) -> None:
@@ -133,27 +138,46 @@ class Grants:
             socket = context.socket(zmq.PUSH)
             socket.linger = 0
             self._wiring.secure(socket, serve=False)
-            socket.connect(address_book[grant.producer_id][self._slot])
+            socket.connect(address_book[grant.producer_id][grant.slot])
             grant.socket = socket
 
-    def received(self, producer: tuple[int, int], items: int) -> None:
-        """``items`` arrived from ``producer`` (node index, replica); grant more if half of the grant has arrived."""
+    def rewire(self, context: zmq.Context, producer_id: str, endpoints: AddressBook) -> None:
+        """Producer ``producer_id`` was restarted: grant to its new credit socket, from the start."""
+        for grant in self._grants.values():
+            if grant.producer_id == producer_id:
+                if grant.socket is not None:
+                    grant.socket.close(linger=0)
+                grant.granted, grant.received = CREDIT_START_ITEMS, 0
+                grant.socket = context.socket(zmq.PUSH)
+                grant.socket.linger = 0
+                self._wiring.secure(grant.socket, serve=False)
+                grant.socket.connect(endpoints[producer_id][grant.slot])
+
+    def received(self, producer: Sender, items: int) -> None:
+        """``items`` arrived from ``producer`` (node, replica, port); grant more once half of the grant arrived."""
         grant = self._grants.get(producer)
         if grant is not None:
             grant.received += items
             self._top_up(producer, grant)
+
+    def restarted(self, producer: Sender) -> None:
+        """``producer`` is a new incarnation: it counts on the start credit, and so does this side."""
+        grant = self._grants.get(producer)
+        if grant is not None:
+            grant.granted, grant.received = CREDIT_START_ITEMS, 0
 
     def retry(self) -> None:
         """Send the grants that could not be sent before (call before waiting for input)."""
         for producer in list(self._owed):
             self._top_up(producer, self._grants[producer])
 
-    def _top_up(self, producer: tuple[int, int], grant: _Grant) -> None:
+    def _top_up(self, producer: Sender, grant: _Grant) -> None:
         window = credit_window(self._counters.busy_s, self._counters.items_in, grant.most)
         more = credit_to_grant(grant.granted, grant.received, window)
         if not more:
             return
-        header = encode_header(self._token, Kind.CREDIT, 0, self._node, self._replica, 0, more)
+        header = encode_header(self._token, Kind.CREDIT, 0, self._node, self._replica, grant.port, self._incarnation,
+                               0, more)
         assert grant.socket is not None, "connect() comes first"
         try:
             grant.socket.send(header, zmq.NOBLOCK)
@@ -176,85 +200,58 @@ class DemandEdge(PushEdge):
         super().__init__(setup)
         self._credit = [CREDIT_START_ITEMS] * self.plan.consumers
         self._turn = 0
-        self._credit_socket: zmq.Socket | None = None
-        self._credit_poller = zmq.Poller()
-        self._rejected = 0
-
-    def bind(self, context: zmq.Context) -> dict[str, str]:
-        """Create and bind the credit socket its consumers grant credit on."""
-        setup = self.setup
-        socket = setup.wiring.data_socket(context, zmq.PULL, self.buffers)
-        socket.rcvhwm = 1000  # credit messages are a header each, a few per consumer at a time
-        self._credit_socket = socket
-        self._credit_poller.register(socket, zmq.POLLIN)
-        self._credit_poller.register(setup.control.socket, zmq.POLLIN)
-        slot = credit_slot(self.plan.downstream)
-        return {slot: setup.wiring.bind(socket, f"{setup.replica_id}/{slot}")}
-
-    def bound_sockets(self) -> list[zmq.Socket]:
-        return [] if self._credit_socket is None else [self._credit_socket]
 
     def whole(self) -> int:
         return self.limit * len(self.sockets)  # a full batch for every consumer
 
-    def _send(self, items: list[Any]) -> None:
+    def granted(self, consumer: int, items: int) -> None:
+        self._credit[consumer] += items
+
+    def restarted(self, consumer: int) -> None:
+        self._credit[consumer] = CREDIT_START_ITEMS  # what the new incarnation counts on before it grants
+
+    def _send(self, items: list[Any], first: int) -> None:
         """Send ``items`` in consecutive parts to consumers with credit, waiting for credit if none has."""
         started = None
         while items:
-            self._take_credit()
+            self.read_back()
             sent = 0
-            parts = split_parts(len(items), self._credit, self._turn, self.limit)
+            parts = split_parts(len(items), self._usable_credit(), self._turn, self.limit)
             for consumer, size in parts:
                 part = items[sent:sent + size]
-                frames = self.frames(consumer, Kind.BATCH, part)
+                frames = self.frames(consumer, Kind.BATCH, part, first + sent)
                 try:
                     send_frames(self.sockets[consumer], frames, zmq.NOBLOCK)
                 except zmq.Again:  # its queue is full all the same
                     self.seq[consumer] -= 1
+                    if self.plan.acked:
+                        self.kept[consumer].pop()
                     break  # the next part starts here: items leave in order
                 self._credit[consumer] -= size
                 self.account(part, frames)
                 sent += size
                 self._turn = (consumer + 1) % len(self.sockets)
-            items = items[sent:]
+            items, first = items[sent:], first + sent
             if items and not sent:
                 started = started or time.monotonic()
-                ready = [consumer for consumer, credit in enumerate(self._credit) if credit > 0]
-                control = self.setup.control
-                if control.socket in dict(self._waiting_poller(ready).poll(self.setup.timeouts.stop_check_ms)):
-                    control.raise_if_stopped()
+                ready = [consumer for consumer, credit in enumerate(self._usable_credit()) if credit > 0]
+                self._waiting_poller(ready).poll(self.setup.timeouts.stop_check_ms)
+                self._wait_a_little()
         if started is not None:
             self.blocked_since(started)
 
+    def _usable_credit(self) -> list[int]:
+        """Each consumer's credit; none for one that holds ``KEPT_BATCHES`` unacknowledged (with restarts)."""
+        if not self.plan.acked:
+            return self._credit
+        return [credit if len(kept) < KEPT_BATCHES else 0 for credit, kept in zip(self._credit, self.kept,
+                                                                                   strict=True)]
+
     def _waiting_poller(self, ready: list[int]) -> zmq.Poller:
-        """What to wait for: credit, a stop, and room in the queues of consumers that have credit."""
-        if not ready:
-            return self._credit_poller
+        """What to wait for: credit or acknowledgements, a stop, and room in the queues of consumers with credit."""
         poller = zmq.Poller()
-        for socket in (self._credit_socket, self.setup.control.socket):
+        for socket in (self._back, self.setup.control.socket):
             poller.register(socket, zmq.POLLIN)
         for index in ready:
             poller.register(self.sockets[index], zmq.POLLOUT)
         return poller
-
-    def _take_credit(self) -> None:
-        """Add up the credit messages that came; reject what is not from a consumer of this run."""
-        socket = self._credit_socket
-        assert socket is not None, "bind() comes first"
-        setup = self.setup
-        while ready_to_read(socket):
-            frames = socket.recv_multipart(zmq.NOBLOCK)
-            header = decode_header(setup.token, frames[0]) if len(frames) == 1 else None
-            if (header is None or header.kind != Kind.CREDIT or header.node != setup.consumer_node
-                    or not 0 <= header.replica < len(self._credit)):
-                self._rejected += 1
-                if self._rejected <= 5 or self._rejected % 1000 == 0:
-                    log.warning("%s: rejected a %d-frame credit message that is not from this run; %d so far",
-                                self.plan.name, len(frames), self._rejected)
-                continue
-            self._credit[header.replica] += header.items
-
-    def close(self) -> None:
-        super().close()
-        if self._credit_socket is not None:
-            self._credit_socket.close(linger=0)

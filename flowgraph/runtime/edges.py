@@ -10,9 +10,18 @@ behind the last batch on every socket, so EOS never overtakes data.
 | shuffle to several consumers  | ``DemandEdge`` (``demand``) | PUSH, and a bound credit PULL |
 | by_key                        | ``KeyedEdge`` | one PUSH per consumer replica             |
 | broadcast                     | ``BroadcastEdge`` | one bound XPUB (never drops)          |
+| broadcast, with restarts      | ``FanOutEdge`` | one PUSH per consumer replica            |
 
 ``make_edge`` (in ``outputs``) picks the class from the plan; a new grouping
 is a class here and a line there.
+
+In a run with restarts (``EdgePlan.acked``) every edge keeps what it sent
+each consumer replica until that replica acknowledges it (``Sent``, at most
+``KEPT_BATCHES`` batches a pair: sending waits beyond), binds a back socket
+the acknowledgements arrive on, and sends end of stream only once all it
+sent was acknowledged. When a consumer replica is restarted (``rewire``),
+the edge connects to its new endpoint and sends it again, with fresh
+sequence numbers, everything it kept for it, end of stream included.
 """
 
 from __future__ import annotations
@@ -20,21 +29,32 @@ from __future__ import annotations
 import logging
 import operator
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import zmq
 
-from ..model.plan import ConnectPlan, EdgePlan, broadcast_slot
+from ..model.plan import ConnectPlan, EdgePlan, back_slot, broadcast_slot
 from ..settings import Timeouts
 from ..wire import serializers
-from ..wire.frames import SUBSCRIBE, Kind, encode_header, frames_size, identified_consumer, message, topic
+from ..wire.frames import (
+    SUBSCRIBE,
+    Header,
+    Kind,
+    decode_header,
+    encode_header,
+    frames_size,
+    identified_consumer,
+    message,
+    topic,
+)
 from ..wire.keys import replica_for_key
 from .counters import Counters, EdgeCounters
 from .failures import ProtocolError, SerializationError
 from .pipe import ControlPipe
-from .sockets import Wiring, send_frames
+from .sockets import Wiring, ready_to_read, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +62,8 @@ AddressBook = Mapping[str, Mapping[str, str]]
 """Every replica's bound endpoints: ``{replica id: {slot: endpoint}}``."""
 
 _KEY_CACHE_SIZE = 100_000
+KEPT_BATCHES = 64
+"""With restarts, a producer keeps at most this many unacknowledged batches for one consumer replica."""
 
 
 @dataclass(frozen=True)
@@ -54,16 +76,32 @@ class EdgeSetup:
     producer: int
     """This replica's index."""
     replica_id: str
+    incarnation: int
+    """Which start of this replica (0 the first); every header carries it."""
     consumer_node: int
-    """The index of the downstream node (credit must come from its replicas)."""
+    """The index of the downstream node (credit and acknowledgements must come from its replicas)."""
     connects: tuple[ConnectPlan, ...]
-    """This edge's PUSH connects, one per consumer replica (none for broadcast)."""
+    """This edge's PUSH connects, one per consumer replica (none for a broadcast over XPUB)."""
     token: bytes
     wiring: Wiring
     control: ControlPipe
     """Waiting anywhere watches it, so a stop interrupts a replica blocked on backpressure."""
     counters: Counters
     timeouts: Timeouts
+    service: Callable[[], None] = lambda: None
+    """Called while the edge waits: applies restarted peers' new endpoints (with restarts), reads back sockets."""
+
+
+@dataclass
+class Sent:
+    """A message sent to one consumer replica and kept until it acknowledges it (a run with restarts)."""
+
+    seq: int
+    kind: Kind
+    payload: list[Any]
+    items: int
+    first: int
+    """The emission index of its first item: an edge is acknowledged up to the oldest kept one's."""
 
 
 class OutputEdge(Protocol):
@@ -71,6 +109,10 @@ class OutputEdge(Protocol):
 
     plan: EdgePlan
     stats: EdgeCounters
+    emitted: int
+    """Items it was given so far."""
+    replayed: int
+    """Items it sent again to restarted consumer replicas."""
 
     def bind(self, context: zmq.Context) -> dict[str, str]:
         """Create and bind the sockets peers connect to; returns ``{slot: endpoint}`` for the address book."""
@@ -92,6 +134,15 @@ class OutputEdge(Protocol):
 
     def has_pending(self) -> bool:
         """True if items wait that were not sent yet."""
+
+    def read_back(self) -> None:
+        """Take the credit and acknowledgements that arrived on the back socket."""
+
+    def acked_prefix(self) -> int:
+        """How many of the items given so far are in batches every consumer acknowledged (with restarts)."""
+
+    def rewire(self, context: zmq.Context, consumer: int, incarnation: int, endpoint: str) -> None:
+        """Consumer replica ``consumer`` was restarted at ``endpoint``: send it again all it was sent and kept."""
 
     def send_eos(self) -> None:
         """Flush, then send end of stream to every consumer replica, behind the data."""
@@ -120,25 +171,55 @@ class BatchingEdge:
         self.seq: list[int] = []
         """The next sequence number on each socket (the consumer checks them: nothing lost or repeated)."""
         self._queue: list[Any] = []
+        self.emitted = 0
+        self.replayed = 0
+        self._dequeued = 0
+        """Items taken from the queue into batches so far (the emission index of the queue's first item)."""
+        self.kept: list[deque[Sent]] = []
+        """Per consumer replica, what it was sent and has not acknowledged (only with restarts)."""
+        self.generation: list[int] = []
+        """Per consumer replica, how often it was rewired: a send that a rewire overtook is not repeated."""
+        self._incarnations: list[int] = []
+        self._back: zmq.Socket | None = None
+        self._rejected = 0
 
     def bind(self, context: zmq.Context) -> dict[str, str]:
-        return {}
+        """Bind the back socket, if consumers talk back on this edge (credit, acknowledgements)."""
+        if not self.plan.has_back_channel:
+            return {}
+        setup = self.setup
+        socket = setup.wiring.data_socket(context, zmq.PULL, self.buffers)
+        socket.rcvhwm = 10_000  # a header each: credit and acknowledgements, a few per consumer at a time
+        self._back = socket
+        slot = back_slot(self.plan)
+        return {slot: setup.wiring.bind(socket, f"{setup.replica_id}@{setup.incarnation}/{slot}")}
 
     def bound_sockets(self) -> list[zmq.Socket]:
-        return []
+        return [] if self._back is None else [self._back]
 
     def wait_ready(self) -> None:
         return None
 
-    def frames(self, socket_index: int, kind: Kind, items: list[Any]) -> list[Any]:
-        """Header and payload of the next message on socket ``socket_index``."""
+    def _open(self, count: int) -> None:
+        """Per-consumer bookkeeping for ``count`` sockets."""
+        self.seq = [0] * count
+        self.kept = [deque() for _ in range(count)]
+        self.generation = [0] * count
+        self._incarnations = [0] * count
+
+    def frames(self, socket_index: int, kind: Kind, items: list[Any], first: int = 0) -> list[Any]:
+        """Header and payload of the next message on socket ``socket_index`` (kept, with restarts)."""
         payload = self._encode(items) if items else []
         seq = self.seq[socket_index]
         self.seq[socket_index] = seq + 1
+        if self.plan.acked:
+            self.kept[socket_index].append(Sent(seq, kind, payload, len(items), first))
+        return message(self._header(kind, seq, len(items)), payload)
+
+    def _header(self, kind: Kind, seq: int, count: int) -> bytes:
         setup = self.setup
-        header = encode_header(setup.token, kind, self._serializer, setup.producer_node, setup.producer, seq,
-                               len(items))
-        return message(header, payload)
+        return encode_header(setup.token, kind, self._serializer, setup.producer_node, setup.producer,
+                             self.plan.port, setup.incarnation, seq, count)
 
     def _encode(self, items: list[Any]) -> list[Any]:
         """The payload frames of ``items``; raises ``SerializationError`` naming the first item that fails."""
@@ -166,24 +247,56 @@ class BatchingEdge:
         per_item = max(1, size // len(items))
         self.limit = max(1, min(self.buffers.batch_items, self.buffers.batch_bytes // per_item))
 
-    def send_waiting(self, socket: zmq.Socket, frames: list[Any]) -> None:
-        """Send, waiting as long as the consumer has no room (backpressure); raises ``Stopped``."""
+    def send_waiting(self, index: int, frames: list[Any]) -> None:
+        """Send to consumer ``index``, waiting as long as it has no room (backpressure); raises ``Stopped``.
+
+        With restarts, a rewire of the consumer while this waits has sent
+        the message again (it was kept): then this send is dropped.
+        """
+        socket = self.sockets[index]
         try:
             send_frames(socket, frames, zmq.NOBLOCK)
             return
         except zmq.Again:
             pass
+        generation = self.generation[index] if self.plan.acked else 0
         started = time.monotonic()
         try:
             while True:
-                self.setup.control.raise_if_stopped()
+                self._wait_a_little()
+                if self.plan.acked and self.generation[index] != generation:
+                    return
                 try:
-                    send_frames(socket, frames, 0)  # blocks up to SNDTIMEO
+                    send_frames(self.sockets[index], frames, 0)  # blocks up to SNDTIMEO
                     return
                 except zmq.Again:
                     continue
         finally:
             self.blocked_since(started)
+
+    def _wait_a_little(self) -> None:
+        """Between attempts of a waiting send: look for a stop, and (with restarts) serve rewires and acks."""
+        self.setup.control.raise_if_stopped()
+        if self.plan.acked:
+            self.setup.service()
+
+    def _wait_for_room_to_keep(self, index: int) -> None:
+        """With restarts: wait while consumer ``index`` holds ``KEPT_BATCHES`` unacknowledged batches."""
+        if not self.plan.acked or len(self.kept[index]) < KEPT_BATCHES:
+            return
+        started = time.monotonic()
+        try:
+            while len(self.kept[index]) >= KEPT_BATCHES:
+                self._wait_for_back(self.setup.timeouts.stop_check_ms)
+        finally:
+            self.blocked_since(started)
+
+    def _wait_for_back(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` for something on the back socket, then serve it (and rewires, stops)."""
+        if self._back is not None:
+            self._back.poll(timeout_ms)
+        self._wait_a_little()
+        self.read_back()
 
     def blocked_since(self, started: float) -> None:
         waited = time.monotonic() - started
@@ -193,10 +306,11 @@ class BatchingEdge:
     def add_many(self, items: list[Any]) -> None:
         queue = self._queue
         queue.extend(items)
+        self.emitted += len(items)
         while len(queue) >= (whole := self.whole()):
             batch = queue[:whole]
             del queue[:whole]
-            self._send(batch)
+            self._take(batch)
 
     def whole(self) -> int:
         """How many queued items are sent at once (one full batch)."""
@@ -205,20 +319,99 @@ class BatchingEdge:
     def flush(self) -> None:
         if self._queue:
             items, self._queue = self._queue, []
-            self._send(items)
+            self._take(items)
 
     def has_pending(self) -> bool:
         return bool(self._queue)
 
-    def _send(self, items: list[Any]) -> None:
-        """Send ``items`` as one batch on the first socket, waiting while its queue is full."""
-        frames = self.frames(0, Kind.BATCH, items)
-        self.send_waiting(self.sockets[0], frames)
+    def _take(self, batch: list[Any]) -> None:
+        first = self._dequeued
+        self._dequeued += len(batch)
+        self._send(batch, first)
+
+    def _send(self, items: list[Any], first: int) -> None:
+        """Send ``items`` (the first has emission index ``first``) as one batch on the first socket."""
+        self._wait_for_room_to_keep(0)
+        frames = self.frames(0, Kind.BATCH, items, first)
+        self.send_waiting(0, frames)
         self.account(items, frames)
+
+    def acked_prefix(self) -> int:
+        firsts = [kept[0].first for kept in self.kept if kept and kept[0].kind is Kind.BATCH]
+        if self._queue:
+            firsts.append(self._dequeued)
+        return min(firsts) if firsts else self.emitted
+
+    def read_back(self) -> None:
+        socket = self._back
+        if socket is None:
+            return
+        setup = self.setup
+        while ready_to_read(socket):
+            frames = socket.recv_multipart(zmq.NOBLOCK)
+            header = decode_header(setup.token, frames[0]) if len(frames) == 1 else None
+            if (header is None or header.kind not in (Kind.CREDIT, Kind.ACK) or header.node != setup.consumer_node
+                    or header.port != self.plan.port or not 0 <= header.replica < self.plan.consumers):
+                self._rejected += 1
+                if self._rejected <= 5 or self._rejected % 1000 == 0:
+                    log.warning("%s: rejected a %d-frame message on its back socket that is not from this run; "
+                                "%d so far", self.plan.name, len(frames), self._rejected)
+                continue
+            if self.plan.acked and header.incarnation != self._incarnations[header.replica]:
+                continue  # from a consumer replica since replaced (a zombie), or not yet rewired to
+            if header.kind == Kind.CREDIT:
+                self.granted(header.replica, header.items)
+            elif header.items == setup.incarnation:  # an acknowledgement of what this incarnation sent
+                self._acknowledged(header)
+
+    def granted(self, consumer: int, items: int) -> None:
+        """Credit came from ``consumer`` (only a demand-driven shuffle asks for it)."""
+
+    def _acknowledged(self, header: Header) -> None:
+        kept = self.kept[header.replica]
+        while kept and kept[0].seq <= header.seq and kept[0].kind is Kind.BATCH:
+            kept.popleft()
+
+    def rewire(self, context: zmq.Context, consumer: int, incarnation: int, endpoint: str) -> None:
+        old = self.sockets[consumer]
+        old.close(linger=0)  # what waits in it was for the replica that is gone
+        socket = self.setup.wiring.data_socket(context, zmq.PUSH, self.buffers)
+        socket.sndtimeo = self.setup.timeouts.stop_check_ms
+        socket.connect(endpoint)
+        self.sockets[consumer] = socket
+        self.seq[consumer] = 0
+        self._incarnations[consumer] = incarnation
+        self.generation[consumer] += 1
+        self.restarted(consumer)
+        for sent in self.kept[consumer]:
+            sent.seq = self.seq[consumer]
+            self.seq[consumer] += 1
+            self.replayed += sent.items
+            self.send_waiting(consumer, message(self._header(sent.kind, sent.seq, sent.items), sent.payload))
+
+    def restarted(self, consumer: int) -> None:
+        """``consumer`` is a new incarnation: forget what the old one granted (a demand-driven shuffle)."""
+
+    def send_eos(self) -> None:
+        self.flush()
+        if self.plan.acked:
+            self._wait_until_acknowledged()
+        self._send_eos()
+
+    def _wait_until_acknowledged(self) -> None:
+        """With restarts, end of stream waits until all sent was acknowledged: no replay can come after it."""
+        while self.acked_prefix() < self.emitted:
+            self._wait_for_back(self.setup.timeouts.stop_check_ms)
+
+    def _send_eos(self) -> None:
+        for index in range(len(self.sockets)):
+            self.send_waiting(index, self.frames(index, Kind.EOS, [], self.emitted))
 
     def close(self) -> None:
         for socket in self.sockets:
             socket.close(linger=0)
+        if self._back is not None:
+            self._back.close(linger=0)
 
 
 class PushEdge(BatchingEdge):
@@ -230,12 +423,23 @@ class PushEdge(BatchingEdge):
             socket.sndtimeo = self.setup.timeouts.stop_check_ms
             socket.connect(address_book[connect.peer][connect.slot])
             self.sockets.append(socket)
-        self.seq = [0] * len(self.sockets)
+        self._open(len(self.sockets))
 
-    def send_eos(self) -> None:
-        self.flush()
-        for index, socket in enumerate(self.sockets):
-            self.send_waiting(socket, self.frames(index, Kind.EOS, []))
+
+class FanOutEdge(PushEdge):
+    """broadcast in a run with restarts: every batch to every consumer replica's PUSH, kept for each."""
+
+    def _send(self, items: list[Any], first: int) -> None:
+        payload = self._encode(items)
+        frames: list[Any] = []
+        for index in range(len(self.sockets)):
+            self._wait_for_room_to_keep(index)
+            seq = self.seq[index]
+            self.seq[index] = seq + 1
+            self.kept[index].append(Sent(seq, Kind.BATCH, payload, len(items), first))
+            frames = message(self._header(Kind.BATCH, seq, len(items)), payload)
+            self.send_waiting(index, frames)
+        self.account(items, frames)  # one batch on the edge, as over XPUB
 
 
 class KeyedEdge(PushEdge):
@@ -247,10 +451,14 @@ class KeyedEdge(PushEdge):
         self._key: Callable[[Any], Any] = key if callable(key) else operator.itemgetter(key)
         self._replica_of: dict[Any, int] = {}
         self._pending: list[list[Any]] = [[] for _ in range(self.plan.consumers)]
+        self._pending_first = [0] * self.plan.consumers
+        """With restarts: the emission index of each consumer's first pending item."""
 
     def add_many(self, items: list[Any]) -> None:
         key, replica_of, pending = self._key, self._replica_of, self._pending
         consumers = self.plan.consumers
+        acked, index = self.plan.acked, self.emitted
+        self.emitted += len(items)
         for item in items:
             value = key(item)
             kind = type(value)
@@ -263,6 +471,10 @@ class KeyedEdge(PushEdge):
             else:
                 consumer = replica_for_key(value, consumers)
             batch = pending[consumer]
+            if acked:
+                if not batch:
+                    self._pending_first[consumer] = index
+                index += 1
             batch.append(item)
             if len(batch) >= self.limit:
                 pending[consumer] = []
@@ -277,9 +489,15 @@ class KeyedEdge(PushEdge):
     def has_pending(self) -> bool:
         return any(self._pending)
 
+    def acked_prefix(self) -> int:
+        firsts = [kept[0].first for kept in self.kept if kept and kept[0].kind is Kind.BATCH]
+        firsts += [first for first, batch in zip(self._pending_first, self._pending, strict=True) if batch]
+        return min(firsts) if firsts else self.emitted
+
     def _send_to(self, consumer: int, items: list[Any]) -> None:
-        frames = self.frames(consumer, Kind.BATCH, items)
-        self.send_waiting(self.sockets[consumer], frames)
+        self._wait_for_room_to_keep(consumer)
+        frames = self.frames(consumer, Kind.BATCH, items, self._pending_first[consumer])
+        self.send_waiting(consumer, frames)
         self.account(items, frames)
 
 
@@ -294,9 +512,9 @@ class BroadcastEdge(BatchingEdge):
         socket.rcvhwm = 1000  # per peer: only subscriptions arrive here, a few per consumer
         socket.sndtimeo = setup.timeouts.stop_check_ms  # POLLOUT is always set with NODROP: wait in send
         self.sockets = [socket]
-        self.seq = [0]
-        slot = broadcast_slot(self.plan.downstream)
-        return {slot: setup.wiring.bind(socket, f"{setup.replica_id}/{slot}")}
+        self._open(1)
+        slot = broadcast_slot(self.plan)
+        return {slot: setup.wiring.bind(socket, f"{setup.replica_id}@{setup.incarnation}/{slot}")}
 
     def bound_sockets(self) -> list[zmq.Socket]:
         return list(self.sockets)
@@ -329,6 +547,5 @@ class BroadcastEdge(BatchingEdge):
             elif subscription[:1] == SUBSCRIBE:
                 log.warning("%s: ignored a subscription that is not from this run", self.plan.name)
 
-    def send_eos(self) -> None:
-        self.flush()
-        self.send_waiting(self.sockets[0], self.frames(0, Kind.EOS, []))
+    def rewire(self, context: zmq.Context, consumer: int, incarnation: int, endpoint: str) -> None:
+        raise AssertionError("a broadcast over XPUB is never rewired: with restarts, broadcast is a FanOutEdge")

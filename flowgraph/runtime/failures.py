@@ -26,13 +26,24 @@ class SerializationError(Exception):
 
 
 class Failure(Exception):
-    """Phase ``phase`` of the replica failed with ``error``, maybe while processing ``item``."""
+    """Phase ``phase`` of the replica failed with ``error``, maybe while processing ``item``.
 
-    def __init__(self, phase: Phase, error: BaseException, item: Any = None, has_item: bool = False) -> None:
+    ``reason`` says why an error the policy would take fails the replica after all (``max_errors``).
+    """
+
+    def __init__(self, phase: Phase, error: BaseException, item: Any = None, has_item: bool = False,
+                 reason: str | None = None) -> None:
         super().__init__(phase)
         self.phase = phase
         self.error = error
         self.item_repr = short_repr(item) if has_item else None
+        self.reason = reason
+
+    @property
+    def message(self) -> str:
+        """``ExceptionType: message``, after the reason if there is one."""
+        text = f"{type(self.error).__name__}: {self.error}"
+        return text if self.reason is None else f"{self.reason}: {text}"
 
 
 def short_repr(item: Any) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -20,7 +20,8 @@ from ..model.dsl import GroupingKind
 from ..model.plan import IN_SLOT, ConnectPlan, Plan, ReplicaPlan
 from ..settings import BufferSettings
 from ..wire import serializers
-from ..wire.frames import Kind, decode_header, identification, split, topic
+from ..wire.frames import Kind, Sender, decode_header, identification, split, topic
+from .acks import Acknowledger
 from .counters import Counters
 from .demand import Grants
 from .edges import AddressBook
@@ -33,27 +34,43 @@ log = logging.getLogger(__name__)
 BROADCAST = GroupingKind.BROADCAST
 
 
+class Batch(NamedTuple):
+    """A batch received: from where (``context().input``), its items, and which message it was."""
+
+    upstream: str
+    items: list[Any]
+    sender: Sender
+    incarnation: int
+    seq: int
+
+
 class Inputs:
     """The receiving side of a replica: PULL for shuffle/by_key inputs, SUB for broadcast."""
 
-    def __init__(self, plan: Plan, replica: ReplicaPlan, token: bytes, control: ControlPipe, wiring: Wiring,
-                 counters: Counters, stop_check_ms: int) -> None:
+    def __init__(self, plan: Plan, replica: ReplicaPlan, incarnation: int, token: bytes, control: ControlPipe,
+                 wiring: Wiring, counters: Counters, stop_check_ms: int) -> None:
         self._plan = plan
+        self._incarnation = incarnation
         self._token = token
         self._control = control
         self._wiring = wiring
         self._stop_check_ms = stop_check_ms
-        self._grants = Grants(plan, replica, token, wiring, counters)
-        self._names = {node.index: node.name for node in plan.nodes}
+        self._grants = Grants(plan, replica, incarnation, token, wiring, counters)
+        self.acks = Acknowledger(plan, replica, incarnation, token, wiring)
+        self._incarnations: dict[Sender, int] = {}
+        """Each producer's newest incarnation seen: older ones' messages are dropped (zombies)."""
+        self._names = {(plan.node(edge.upstream).index, edge.port): edge.source_name
+                       for edge in plan.edges_into(replica.node)}
+        """What ``context().input`` says for items from (producer node, port): ``fetch``, ``fetch.errors``."""
         self._producers = {
-            (plan.node(edge.upstream).index, index)
+            (plan.node(edge.upstream).index, index, edge.port)
             for edge in plan.edges_into(replica.node)
             for index in range(edge.producers)
         }
         self._replica = replica
         self.eos_expected = replica.eos_expected
-        self._ended: set[tuple[int, int]] = set()
-        self._next_seq: dict[tuple[int, int], int] = {}
+        self._ended: set[Sender] = set()
+        self._next_seq: dict[Sender, int] = {}
         self._rejected = 0
         self._pull: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
@@ -91,7 +108,7 @@ class Inputs:
             self._poller.register(socket, zmq.POLLIN)
         if self._pull is None:
             return {}
-        return {IN_SLOT: self._wiring.bind(self._pull, f"{self._replica.id}/{IN_SLOT}")}
+        return {IN_SLOT: self._wiring.bind(self._pull, f"{self._replica.id}@{self._incarnation}/{IN_SLOT}")}
 
     def connect(self, context: zmq.Context, address_book: AddressBook) -> None:
         """Connect the credit sockets, and the SUB socket to every broadcasting producer and subscribe.
@@ -101,6 +118,7 @@ class Inputs:
         subscription too (they travel in order on one connection).
         """
         self._grants.connect(context, address_book)
+        self.acks.connect(context, address_book)
         if self._sub is None:
             return
         for connect in self._subscribed:
@@ -108,8 +126,13 @@ class Inputs:
         self._sub.setsockopt(zmq.SUBSCRIBE, topic(self._token))
         self._sub.setsockopt(zmq.SUBSCRIBE, identification(self._token, self._replica.index))
 
-    def receive(self) -> tuple[str, list[Any]] | None:
-        """The next batch as (upstream node name, items), or None if none is waiting now.
+    def rewire(self, context: zmq.Context, producer_id: str, endpoints: AddressBook) -> None:
+        """Producer ``producer_id`` was restarted: credit and acknowledgements go to its new endpoints."""
+        self._grants.rewire(context, producer_id, endpoints)
+        self.acks.rewire(context, producer_id, endpoints)
+
+    def receive(self) -> Batch | None:
+        """The next batch, or None if none is waiting now.
 
         End-of-stream marks and rejected messages are consumed on the way.
         """
@@ -123,7 +146,7 @@ class Inputs:
                     return batch
         return None
 
-    def wait_receive(self, wait_ms: int) -> tuple[str, list[Any]] | None:
+    def wait_receive(self, wait_ms: int) -> Batch | None:
         """Like ``receive``, but first waits up to about ``wait_ms`` for a message; raises ``Stopped``.
 
         Call it when ``receive`` gave None and ``is_done`` is still False.
@@ -156,17 +179,23 @@ class Inputs:
         for socket in self._sockets:
             socket.close(linger=0)
         self._grants.close()
+        self.acks.close()
 
-    def _accept(self, frames: Sequence[zmq.Frame]) -> tuple[str, list[Any]] | None:
+    def _accept(self, frames: Sequence[zmq.Frame]) -> Batch | None:
         header_frame, payload = split(frames)
         header = decode_header(self._token, header_frame)
-        if header is None or (header.node, header.replica) not in self._producers or (
-                header.kind == Kind.BATCH and not payload) or header.kind == Kind.CREDIT:
+        if header is None or header.sender not in self._producers or (
+                header.kind == Kind.BATCH and not payload) or header.kind not in (Kind.BATCH, Kind.EOS):
             self._reject(frames)
             return None
-        producer = (header.node, header.replica)
+        producer = header.sender
+        known = self._incarnations.get(producer, 0)
+        if header.incarnation != known:
+            if header.incarnation < known:
+                return None  # from a replica since replaced: what it sent comes again from its successor
+            self._restarted(producer, header.incarnation)
         expected = self._next_seq.get(producer, 0)
-        upstream = self._names[header.node]
+        upstream = self._names[header.node, header.port]
         if header.seq != expected:
             raise ProtocolError(
                 f"from {upstream}/{header.replica}: expected batch #{expected}, got #{header.seq}"
@@ -176,7 +205,16 @@ class Inputs:
             self._ended.add(producer)
             return None
         self._grants.received(producer, header.items)
-        return upstream, serializers.decode_items(header.serializer, payload)
+        return Batch(upstream, serializers.decode_items(header.serializer, payload), producer, header.incarnation,
+                     header.seq)
+
+    def _restarted(self, producer: Sender, incarnation: int) -> None:
+        """``producer`` is a new incarnation: its numbering starts again, and so does its end of stream."""
+        self._incarnations[producer] = incarnation
+        self._next_seq[producer] = 0
+        self._ended.discard(producer)
+        self.acks.arrived(producer, incarnation)
+        self._grants.restarted(producer)
 
     def _reject(self, frames: Sequence[zmq.Frame]) -> None:
         self._rejected += 1

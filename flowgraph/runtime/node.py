@@ -17,6 +17,7 @@ from ..errors import Phase
 from .context import Context
 from .counters import Counters
 from .failures import Failure, ProtocolError, Stopped
+from .guard import ItemGuard
 from .inputs import Inputs
 from .operator import Operator
 from .outputs import Outputs
@@ -26,13 +27,17 @@ _NONE = type(None)
 
 
 def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: Counters, context: Context,
-               flush: Callable[[], None], idle_wait_ms: int, collect: Callable[[list[Any]], None] | None) -> None:
+               flush: Callable[[], None], idle_wait_ms: int, collect: Callable[[list[Any]], None] | None,
+               guard: ItemGuard | None = None) -> None:
     """Run ``operator.process`` on every item until end of stream from every upstream replica.
 
     ``flush`` sends partial batches and looks for a stop; ``collect`` (for
-    ``flowgraph.testing``) gets every batch received. Raises ``Failure``.
+    ``flowgraph.testing``) gets every batch received; ``guard``, for a node
+    whose error policy catches anything, runs each item under it. Raises
+    ``Failure``.
     """
-    has_outputs = bool(outputs.edges)
+    has_outputs = outputs.emits_items
+    acks = inputs.acks if inputs.acks.active else None
     clock = time.monotonic
     size = 1
     while True:
@@ -41,14 +46,14 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
             if batch is None:
                 if inputs.is_done:
                     return
-                outputs.flush()
+                flush()  # partial batches out, a stop looked for, and with restarts rewires and acks served
                 batch = inputs.wait_receive(idle_wait_ms)
         except ProtocolError as error:
             raise Failure(Phase.RECEIVE, error) from error
         if batch is None:
             continue
-        upstream, items = batch
-        context.input = upstream
+        items = batch.items
+        context.input = batch.upstream
         if collect is not None:
             collect(items)
         start, count = 0, len(items)
@@ -56,7 +61,12 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
             chunk = items if start == 0 and size >= count else items[start:start + size]
             began = clock()
             blocked = counters.blocked_s
-            results = run_chunk(operator, chunk, has_outputs)
+            if guard is None:
+                results = run_chunk(operator, chunk, has_outputs)
+            else:
+                results, letters = guard.run(chunk, has_outputs)
+                if letters:
+                    outputs.emit_dead_letters(letters)
             if results:
                 outputs.emit_many(results)
                 counters.items_out += len(results)
@@ -68,6 +78,8 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
             start += len(chunk)
             if now >= outputs.deadline:
                 flush()
+        if acks is not None:
+            acks.processed(batch.sender, batch.incarnation, batch.seq, outputs.watermark())
 
 
 def run_chunk(operator: Operator, chunk: list[Any], keep: bool) -> list[Any]:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..model.dsl import NodeKind, NodeSpec, Shape
+from ..model.dsl import NodeKind, NodeSpec
+from ..model.shapes import Shape
 
 
 def _nothing() -> None:
@@ -33,6 +34,10 @@ class Operator:
     teardown: Callable[[], Any]
     yields: bool = False
     """``process`` is a generator function (else it returns a value, None, or now and then a generator)."""
+    flush: Callable[[], Any] | None = None
+    """A sink's ``flush()``: make what it was given durable (called before its input is acknowledged)."""
+    seek: Callable[[int], Any] | None = None
+    """A class source's ``seek(n)``: start after its first ``n`` items (a restarted source)."""
 
 
 def make_operator(node: NodeSpec) -> Operator:
@@ -50,6 +55,8 @@ def make_operator(node: NodeSpec) -> Operator:
         finish=getattr(instance, "finish", _nothing),
         teardown=getattr(instance, "teardown", _nothing),
         yields=inspect.isgeneratorfunction(process),
+        flush=getattr(instance, "flush", None) if node.kind is NodeKind.SINK else None,
+        seek=getattr(instance, "seek", None) if node.kind is NodeKind.SOURCE else None,
     )
 
 

@@ -1,8 +1,9 @@
 """The sending end of a replica: its output edges, driven together.
 
-``Outputs`` hands every emitted item to every output edge (each edge
+``Outputs`` hands every emitted item to every output edge of the node's
+items, and every dead letter to every edge of its error stream (each edge
 batches, waits for room, sends end of stream behind its data: see
-``edges``) and keeps the one deadline by which partial batches are due.
+``edges``), and keeps the one deadline by which partial batches are due.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Any
 
 import zmq
 
-from ..model.dsl import GroupingKind
+from ..model.dsl import ERRORS, ITEMS, GroupingKind
+from ..model.plan import IN_SLOT
+from ..model.policy import DeadLetter
 from .demand import DemandEdge
-from .edges import AddressBook, BroadcastEdge, EdgeSetup, KeyedEdge, OutputEdge, PushEdge
+from .edges import AddressBook, BroadcastEdge, EdgeSetup, FanOutEdge, KeyedEdge, OutputEdge, PushEdge
 
 _EDGES: dict[GroupingKind, Callable[[EdgeSetup], OutputEdge]] = {
     GroupingKind.SHUFFLE: PushEdge, GroupingKind.BY_KEY: KeyedEdge, GroupingKind.BROADCAST: BroadcastEdge,
@@ -23,9 +26,12 @@ _EDGES: dict[GroupingKind, Callable[[EdgeSetup], OutputEdge]] = {
 
 
 def make_edge(setup: EdgeSetup) -> OutputEdge:
-    """The output edge the plan asks for: a demand-driven shuffle to several consumers, else by grouping."""
+    """The output edge the plan asks for: a demand-driven shuffle to several consumers, a broadcast that
+    restarts may rewire (a PUSH to each consumer), else by grouping."""
     if setup.plan.uses_credit:
         return DemandEdge(setup)
+    if setup.plan.grouping.kind is GroupingKind.BROADCAST and setup.plan.acked:
+        return FanOutEdge(setup)
     return _EDGES[setup.plan.grouping.kind](setup)
 
 
@@ -34,6 +40,10 @@ class Outputs:
 
     def __init__(self, setups: Iterable[EdgeSetup]) -> None:
         self.edges = tuple(make_edge(setup) for setup in setups)
+        self._items = tuple(edge for edge in self.edges if edge.plan.stream == ITEMS)
+        self._errors = tuple(edge for edge in self.edges if edge.plan.stream == ERRORS)
+        self.emits_items = bool(self._items)
+        """True if some node takes this node's items (a sink's, and a node's nobody takes, are dropped)."""
         self.linger_s = min((edge.plan.buffers.linger_ms for edge in self.edges), default=5.0) / 1000
         """Partial batches are due this long after the last flush (the smallest ``linger_ms`` of the edges)."""
         self.chunk_items = min((edge.plan.buffers.batch_items for edge in self.edges), default=1)
@@ -59,9 +69,14 @@ class Outputs:
             edge.wait_ready()
 
     def emit_many(self, items: list[Any]) -> None:
-        """Hand ``items`` to every output edge (full batches are sent at once)."""
-        for edge in self.edges:
+        """Hand ``items`` to every edge of the node's items (full batches are sent at once)."""
+        for edge in self._items:
             edge.add_many(items)
+
+    def emit_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Hand ``letters`` to every edge of the node's error stream."""
+        for edge in self._errors:
+            edge.add_many(letters)
 
     def flush(self) -> None:
         """Send every partial batch; the next flush is due ``linger_ms`` from now."""
@@ -72,6 +87,31 @@ class Outputs:
     def has_pending(self) -> bool:
         """True if items wait in a batch of some edge not sent yet."""
         return any(edge.has_pending() for edge in self.edges)
+
+    def watermark(self) -> tuple[int, ...]:
+        """How many items each edge was given so far (with restarts: what an input batch waits to be acknowledged)."""
+        return tuple(edge.emitted for edge in self.edges)
+
+    def acked_prefixes(self) -> tuple[int, ...]:
+        """How many of the items each edge was given its consumers acknowledged, in order."""
+        return tuple(edge.acked_prefix() for edge in self.edges)
+
+    def read_back(self) -> None:
+        """Take the credit and acknowledgements that arrived for every edge."""
+        for edge in self.edges:
+            edge.read_back()
+
+    def rewire(self, context: zmq.Context, replica_id: str, incarnation: int, endpoints: AddressBook) -> None:
+        """Replica ``replica_id`` was restarted: every edge to it sends it again what it kept for it."""
+        for edge in self.edges:
+            if edge.plan.downstream == replica_id.rpartition("/")[0]:
+                consumer = int(replica_id.rpartition("/")[2])
+                edge.rewire(context, consumer, incarnation, endpoints[replica_id][IN_SLOT])
+
+    @property
+    def replayed(self) -> int:
+        """Items sent again to restarted consumer replicas, all edges together."""
+        return sum(edge.replayed for edge in self.edges)
 
     def send_eos(self) -> None:
         """Flush, then send end of stream on every socket, behind the data."""

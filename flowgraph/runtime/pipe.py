@@ -4,19 +4,23 @@ The agent (``runtime.agent``) owns the connection to the launcher and
 forwards messages both ways; the replica thread only ever talks to the pipe.
 Both ends live in one process, so messages cross it pickled as they are.
 A ``Stop`` from the launcher is raised as ``Stopped`` wherever the replica
-looks at the pipe, which it does whenever it waits for anything.
+looks at the pipe, which it does whenever it waits for anything; a
+``Rewire`` (a peer was restarted) is kept until the replica takes it
+(``take_rewires``) at a point where it can reconnect.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import zmq
 
 from ..wire import serializers
-from ..wire.control import Message, Stop
+from ..wire.control import Message, Rewire, Stop
 from .failures import Stopped
 from .sockets import ready_to_read
 
@@ -51,23 +55,47 @@ class ControlPipe:
     def __init__(self, socket: zmq.Socket, replica_id: str) -> None:
         self.socket = socket
         self._replica_id = replica_id
+        self._rewires: list[Rewire] = []
 
     def receive(self, timeout_ms: int | None) -> Message | None:
-        """The next message from the launcher, or None on timeout; raises ``Stopped`` on a stop."""
+        """The next message from the launcher, or None on timeout; raises ``Stopped`` on a stop, keeps a rewire."""
         if not self.socket.poll(timeout_ms):
             return None
         message = self.socket.recv_pyobj()
         if isinstance(message, Stop):
             raise Stopped(message.reason)
+        if isinstance(message, Rewire):
+            self._rewires.append(message)
+            return None
         return message  # type: ignore[no-any-return]  # the agent sends only Messages
 
-    def wait_for(self, kind: type[M]) -> M:
-        """Wait for the next message of type ``kind`` (others are logged and dropped); raises ``Stopped``."""
+    def take_rewires(self) -> list[Rewire]:
+        """The rewires that came since the last call (after looking for new ones), oldest first."""
+        self.raise_if_stopped()
+        rewires, self._rewires = self._rewires, []
+        return rewires
+
+    def wait_for(self, kind: type[M], serve: Callable[[], None] | None = None, every_ms: int = 100) -> M:
+        """Wait for the next message of type ``kind`` (others are logged and dropped); raises ``Stopped``.
+
+        ``serve`` is called at least every ``every_ms`` while it waits (a
+        done replica still resends to restarted peers).
+        """
         while True:
-            message = self.receive(None)
+            message = self.receive(every_ms if serve is not None else None)
             if isinstance(message, kind):
                 return message
-            log.warning("%s: ignored %r while waiting for %s", self._replica_id, message, kind.__name__)
+            if message is not None:
+                log.warning("%s: ignored %r while waiting for %s", self._replica_id, message, kind.__name__)
+            if serve is not None:
+                serve()
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` (a retry's backoff), raising ``Stopped`` at once if the launcher asks to stop."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.socket.poll(max(1, round(left * 1000))):
+                self.raise_if_stopped()
 
     def raise_if_stopped(self) -> None:
         """Raise ``Stopped`` if the launcher asked to stop; drop anything else waiting."""

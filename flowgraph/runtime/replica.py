@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, TypeVar
 
 import cloudpickle
@@ -30,6 +31,7 @@ from .context import Context, set_context
 from .counters import Counters
 from .edges import EdgeSetup
 from .failures import Failure, SerializationError, Stopped
+from .guard import ItemGuard
 from .inputs import Inputs
 from .node import drive_node
 from .operator import Operator, emitted, generated, make_operator
@@ -54,6 +56,12 @@ class ReplicaJob:
     wiring: Wiring
     """Where data sockets bind, what they advertise, CURVE keys."""
     timeouts: Timeouts = field(default_factory=Timeouts)
+    incarnation: int = 0
+    """Which start of this replica (0 the first; a restarted one counts up)."""
+    skip: int = 0
+    """A restarted source: how many of its items were acknowledged already (its generator skips them)."""
+    host: str | None = None
+    """Where it runs now, if a restart moved it off its planned host (``context().host``)."""
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: bool = False
     """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""
@@ -74,7 +82,8 @@ def run_configured(config: WorkerConfig, context: zmq.Context, control: ControlP
         _report_failure(control, Failure(Phase.LOAD, error), counters)
         return False
     job = ReplicaJob(plan=plan, replica=plan.replica(config.node, config.index), node=node, token=config.token,
-                     wiring=config.wiring, timeouts=config.timeouts, params=config.params, collect=config.collect)
+                     wiring=config.wiring, timeouts=config.timeouts, incarnation=config.incarnation,
+                     skip=config.skip, host=config.host, params=config.params, collect=config.collect)
     return run_replica(job, context, control, counters)
 
 
@@ -95,20 +104,26 @@ class _Replica:
         self.control = control
         self.counters = counters
         plan, replica = job.plan, job.replica
-        self.context = Context(replica.node, replica.index, job.node.parallelism, replica.host, job.params)
-        self.inputs = Inputs(plan, replica, job.token, control, job.wiring, counters, job.timeouts.stop_check_ms)
+        self.context = Context(replica.node, replica.index, job.node.parallelism, job.host or replica.host,
+                               job.params, job.incarnation)
+        self.inputs = Inputs(plan, replica, job.incarnation, job.token, control, job.wiring, counters,
+                             job.timeouts.stop_check_ms)
         node_index = plan.node(replica.node).index
         self.outputs = Outputs(
             EdgeSetup(
                 plan=edge, producer_node=node_index, producer=replica.index, replica_id=replica.id,
-                consumer_node=plan.node(edge.downstream).index,
+                incarnation=job.incarnation, consumer_node=plan.node(edge.downstream).index,
                 connects=tuple(c for c in replica.connects if c.edge == edge.name and c.socket == "PUSH"),
                 token=job.token, wiring=job.wiring, control=control, counters=counters, timeouts=job.timeouts,
+                service=self._service,
             )
             for edge in plan.edges_from(replica.node)
         )
         counters.edges = {edge.plan.name: edge.stats for edge in self.outputs.edges}
+        counters.incarnation = job.incarnation
         self.collected: list[Any] = []
+        self._recoverable = plan.recoverable
+        self._servicing = False
 
     def run(self) -> bool:
         """The replica's whole life; its sockets are closed whatever happens (after shutdown, or on a stop)."""
@@ -124,6 +139,7 @@ class _Replica:
             self._wire_up()
             operator = self._call(Phase.SETUP, make_operator, self.job.node)
             self._call(Phase.SETUP, operator.setup)
+            self.inputs.acks.before_ack = operator.flush
             self.control.send(Ready())
             self.control.wait_for(Start)
             self.counters.started_at = time.time()
@@ -151,7 +167,8 @@ class _Replica:
         else:
             self.control.send(Done(self.counters.snapshot()), self.collected if self.job.collect else None)
         try:
-            self.control.wait_for(Shutdown)
+            self.control.wait_for(Shutdown, self._service if self._recoverable else None,
+                                  self.job.timeouts.stop_check_ms)
         except Stopped:
             pass
         return failure is None
@@ -171,8 +188,7 @@ class _Replica:
         flusher = LateFlusher(self.outputs, self.counters, self._flush_and_check)
         flusher.start()
         try:
-            drive_source(generated(operator.generate()), self.outputs, self.counters, self._flush_and_check,
-                         flusher)
+            drive_source(self._items(operator), self.outputs, self.counters, self._flush_and_check, flusher)
         except (Stopped, SerializationError):
             raise
         except Exception as error:
@@ -180,16 +196,28 @@ class _Replica:
         finally:
             flusher.stop()
 
+    def _items(self, operator: Operator) -> Iterator[Any]:
+        """What the source yields; a restarted one skips what was acknowledged (``seek(n)`` if it has one)."""
+        skip = self.job.skip
+        if skip and operator.seek is not None:
+            operator.seek(skip)
+            return generated(operator.generate())
+        return islice(generated(operator.generate()), skip, None)
+
     def _process(self, operator: Operator) -> None:
         collect = self.collected.extend if self.job.collect else None
+        policy = self.job.node.policy
+        guard = ItemGuard(policy, operator, self.counters, self.context, self.control.pause) if policy.catches else None
+        timeouts = self.job.timeouts
+        idle_wait_s = timeouts.stop_check_s if self._recoverable else timeouts.idle_wait_s  # rewires come sooner
         drive_node(operator, self.inputs, self.outputs, self.counters, self.context, self._flush_and_check,
-                   round(self.job.timeouts.idle_wait_s * 1000), collect)
+                   round(idle_wait_s * 1000), collect, guard)
 
     def _emit_all(self, phase: Phase, method: Callable[[], Any]) -> None:
         self.context.input = None
         started = time.monotonic()
         results = self._call(phase, lambda: list(emitted(method())))
-        if self.outputs.edges and results:
+        if self.outputs.emits_items and results:
             self.outputs.emit_many(results)
             self.counters.items_out += len(results)
         self.counters.busy_s += time.monotonic() - started
@@ -197,6 +225,29 @@ class _Replica:
     def _flush_and_check(self) -> None:
         self.outputs.flush()
         self.control.raise_if_stopped()
+        if self._recoverable:
+            self._service()
+
+    def _service(self) -> None:
+        """With restarts: reconnect to restarted peers (and resend them what they lost), read acknowledgements,
+        acknowledge what is done. Not re-entered: a resend that waits serves nothing more meanwhile."""
+        if self._servicing:
+            return
+        self._servicing = True
+        try:
+            for rewire in self.control.take_rewires():
+                endpoints = {rewire.replica: rewire.endpoints}
+                self.outputs.rewire(self.zmq_context, rewire.replica, rewire.incarnation, endpoints)
+                self.inputs.rewire(self.zmq_context, rewire.replica, endpoints)
+            self.outputs.read_back()
+            acked = self.outputs.acked_prefixes()
+            self.inputs.acks.send(acked)
+            counters = self.counters
+            counters.replayed = self.outputs.replayed
+            if self.job.node.kind is NodeKind.SOURCE:
+                counters.acked = self.job.skip + min(acked, default=counters.items_out)
+        finally:
+            self._servicing = False
 
     def _call(self, phase: Phase, function: Callable[..., T], *args: Any) -> T:
         try:
@@ -218,6 +269,5 @@ class _Replica:
 
 
 def _report_failure(control: ControlPipe, failure: Failure, counters: Counters) -> None:
-    error = failure.error
-    control.send(Failed(phase=failure.phase, message=f"{type(error).__name__}: {error}",
-                        traceback=user_traceback(error), item=failure.item_repr, stats=counters.snapshot()))
+    control.send(Failed(phase=failure.phase, message=failure.message, traceback=user_traceback(failure.error),
+                        item=failure.item_repr, stats=counters.snapshot()))

@@ -97,7 +97,8 @@ class Wiring:
         """Bind to a fresh endpoint and return the endpoint peers should connect to.
 
         TCP binds to port 0 (the kernel picks a free port, never a
-        hard-coded one); inproc gets a unique name.
+        hard-coded one); inproc binds ``name``, which must be unique in the
+        run (a restarted replica's names carry its incarnation).
         """
         if self.is_inproc:
             socket.bind(f"{self.bind_base}/{name}")

@@ -49,6 +49,7 @@ class ControlKind(enum.Enum):
     START = "start"
     STOP = "stop"
     SHUTDOWN = "shutdown"
+    REWIRE = "rewire"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,20 @@ class ReplicaStats:
     """Wall-clock time (epoch seconds) it passed the start barrier; 0 before."""
     ended_at: float = 0.0
     """Wall-clock time (epoch seconds) it ended, cleanly or not; 0 while it runs."""
+    errors: int = 0
+    """Exceptions its code raised on items (each attempt counts)."""
+    retries: int = 0
+    """Attempts after the first."""
+    skipped: int = 0
+    """Items given up and dropped (``on_error="skip"``)."""
+    dead_lettered: int = 0
+    """Items given up and sent to its error stream (``on_error="dead_letter"``)."""
+    acked: int = 0
+    """With restarts, a source's items acknowledged all the way down, in order: a restart skips as many."""
+    replayed: int = 0
+    """Items it sent again to restarted consumer replicas."""
+    incarnation: int = 0
+    """Which start of the replica: how often it was restarted before."""
     edges: Mapping[str, EdgeStats] = field(default_factory=dict)
     """Per output edge, by edge name (``upstream->downstream``)."""
 
@@ -167,9 +182,20 @@ class Shutdown:
     kind: ClassVar[ControlKind] = ControlKind.SHUTDOWN
 
 
-Message = Register | Ready | Heartbeat | Done | Failed | AddressBook | Start | Stop | Shutdown
+@dataclass(frozen=True)
+class Rewire:
+    """Replica ``replica`` was restarted as ``incarnation`` and bound ``endpoints``: its peers reconnect."""
+
+    kind: ClassVar[ControlKind] = ControlKind.REWIRE
+    replica: str
+    incarnation: int
+    endpoints: Mapping[str, str]
+
+
+Message = Register | Ready | Heartbeat | Done | Failed | AddressBook | Start | Stop | Shutdown | Rewire
 _RECORDS: dict[ControlKind, type[Any]] = {
-    record.kind: record for record in (Register, Ready, Heartbeat, Done, Failed, AddressBook, Start, Stop, Shutdown)
+    record.kind: record
+    for record in (Register, Ready, Heartbeat, Done, Failed, AddressBook, Start, Stop, Shutdown, Rewire)
 }
 _FIELDS: dict[str, Callable[[Any], Any]] = {
     "stats": lambda body: None if body is None else ReplicaStats.from_body(body),
@@ -180,18 +206,21 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
 
 @dataclass(frozen=True)
 class Envelope:
-    """A decoded control message: who sent it (a replica id; None from the launcher), what, and its attachment."""
+    """A decoded control message: who sent it (a replica id and incarnation; none from the launcher), what, and
+    its attachment."""
 
     message: Message
     replica: str | None = None
     attachment: Any = None
+    incarnation: int = 0
 
 
-def encode_control(token: bytes, message: Message, replica: str | None = None, attachment: Any = None) -> list[bytes]:
-    """The frames of ``message``; ``replica`` names the sender when a replica's agent sends it."""
+def encode_control(token: bytes, message: Message, replica: str | None = None, attachment: Any = None,
+                   incarnation: int = 0) -> list[bytes]:
+    """The frames of ``message``; ``replica`` and ``incarnation`` name the sender when a replica's agent sends it."""
     body = dataclasses.asdict(message)
     if replica is not None:
-        body["replica"] = replica
+        body["_from"] = [replica, incarnation]
     frames = [CONTROL_MAGIC + token, message.kind.value.encode(), json.dumps(body).encode()]
     if attachment is not None:
         frames.append(serializers.dumps(attachment))
@@ -210,14 +239,14 @@ def decode_control(token: bytes, frames: Sequence[bytes]) -> Envelope | None:
     try:
         record = _RECORDS[ControlKind(bytes(frames[1]).decode())]
         body = json.loads(bytes(frames[2]))
-        replica = body.pop("replica", None)
+        replica, incarnation = body.pop("_from", (None, 0))
         message = record(**{name: _FIELDS.get(name, _same)(value) for name, value in body.items()})
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError):
         return None  # a body that does not fit its record: a bug or a stranger, rejected alike
-    if replica is not None and not isinstance(replica, str):
+    if not (replica is None or isinstance(replica, str)) or not isinstance(incarnation, int):
         return None
     attachment = pickle.loads(frames[3]) if len(frames) == 4 else None
-    return Envelope(message, replica, attachment)
+    return Envelope(message, replica, attachment, incarnation)
 
 
 def _same(value: Any) -> Any:

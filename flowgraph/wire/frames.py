@@ -5,9 +5,11 @@ Bytes in, bytes out; no sockets here (payloads come from ``serializers``).
 A data message is ``[header + payload]`` when the payload is one frame of
 up to ``INLINE_BYTES`` (a batch of small items: one frame to send, receive
 and check), else ``[header, payload, *buffers]``. The header is fixed
-size: magic, the run's token, kind, serializer, producer (node index,
-replica), a sequence number per producer socket and an item count. A
-credit message (consumer to producer) is a header alone.
+size: magic, the run's token, kind, serializer, the sender (node index,
+replica, port: which of the node's streams, and incarnation: which start
+of the replica), a sequence number per producer socket and an item count.
+A credit message (consumer to producer) is a header alone, naming the
+consumer.
 Unpickling is code execution: ``decode_header`` checks magic, length and
 token before anything else is looked at, and payloads are only decoded
 for messages whose header passed.
@@ -34,8 +36,12 @@ SUBSCRIBE = b"\x01"
 """First byte of a subscription message arriving at an XPUB socket."""
 IDENT_MAGIC = b"FGS1"
 
-_DATA_HEADER = struct.Struct("!4s16sBBHHQI")
+_DATA_HEADER = struct.Struct("!4s16sBBHHBHQI")
 HEADER_BYTES = _DATA_HEADER.size
+
+
+Sender = tuple[int, int, int]
+"""(node index, replica, port) of a data message's sender: ``Header.sender``."""
 
 
 class Kind(enum.IntEnum):
@@ -45,6 +51,8 @@ class Kind(enum.IntEnum):
     EOS = 2
     CREDIT = 3
     """Consumer to producer: send me ``items`` more (the header's node and replica name the consumer)."""
+    ACK = 4
+    """Consumer to producer, with restarts: I am done with your batches up to ``seq`` of your incarnation ``items``."""
 
 
 class Header(NamedTuple):
@@ -55,12 +63,24 @@ class Header(NamedTuple):
     serializer: int
     """How the payload is encoded: the index of its name in ``SERIALIZERS``."""
     node: int
-    """Index of the producer's node in the plan."""
+    """Index of the sender's node in the plan."""
     replica: int
+    port: int
+    """Which stream of the sender's node: ``EdgePlan.port`` (0 its items, 1 its dead letters)."""
+    incarnation: int
+    """Which start of the sender replica (0 the first; a restarted replica counts up)."""
     seq: int
     """Sequence number of this message on its producer socket, from 0."""
     items: int
     """Items in the batch (0 for end of stream)."""
+
+    @property
+    def sender(self) -> Sender:
+        """(node index, replica, port): what a consumer keeps sequence numbers and end of stream per."""
+        return self.node, self.replica, self.port
+
+
+_KINDS = frozenset(Kind)
 
 
 def topic(token: bytes) -> bytes:
@@ -68,21 +88,22 @@ def topic(token: bytes) -> bytes:
     return DATA_MAGIC + token
 
 
-def encode_header(token: bytes, kind: Kind, serializer: int, node: int, replica: int, seq: int,
-                  count: int) -> bytes:
-    return _DATA_HEADER.pack(DATA_MAGIC, token, kind, serializer, node, replica, seq, count)
+def encode_header(token: bytes, kind: Kind, serializer: int, node: int, replica: int, port: int, incarnation: int,
+                  seq: int, count: int) -> bytes:
+    """The header of a data message (see ``Header`` for each field)."""
+    return _DATA_HEADER.pack(DATA_MAGIC, token, kind, serializer, node, replica, port, incarnation, seq, count)
 
 
 def decode_header(token: bytes, frame: bytes | memoryview) -> Header | None:
     """The header if ``frame`` is a well-formed header of this run, else None."""
     if len(frame) != _DATA_HEADER.size:
         return None
-    magic, frame_token, kind, serializer, node, replica, seq, count = _DATA_HEADER.unpack(frame)
+    magic, frame_token, kind, serializer, node, replica, port, incarnation, seq, count = _DATA_HEADER.unpack(frame)
     if magic != DATA_MAGIC or not hmac.compare_digest(frame_token, token):
         return None
-    if kind not in (Kind.BATCH, Kind.EOS, Kind.CREDIT) or serializer >= len(SERIALIZERS):
+    if kind not in _KINDS or serializer >= len(SERIALIZERS):
         return None
-    return Header(kind, serializer, node, replica, seq, count)
+    return Header(kind, serializer, node, replica, port, incarnation, seq, count)
 
 
 INLINE_BYTES = 64 * 1024
