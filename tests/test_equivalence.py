@@ -107,3 +107,17 @@ def test_the_generator_covers_fan_in_fan_out_every_grouping_finish_and_ordered_s
         kinds |= {e.grouping.kind.value for n in spec.nodes for e in n.inputs}
         finish |= any(isinstance(n.code, _WithFinish) for n in spec.nodes)
     assert kinds == {"shuffle", "by_key", "broadcast"} and fan_in and fan_out and finish and ordered
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_with_restarts_on_and_no_faults_the_sinks_get_the_same_items(seed):
+    """Acknowledgements, kept batches and fan-out broadcast change nothing a sink sees when nothing fails."""
+    topo = random_dag(seed)
+    plain = run_and_collect(topo, mode="inproc")
+    for mode in ("inproc", "local"):
+        recovering = run_and_collect(topo, mode=mode, restarts=2)
+        assert set(recovering) == set(plain)
+        for sink in plain:
+            assert_same_items(recovering[sink], plain[sink])
+        for sink in ordered_sinks(topo):
+            assert_same_items(recovering[sink], plain[sink], ordered=True)

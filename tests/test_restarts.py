@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import random
 import signal
@@ -231,3 +232,46 @@ def test_chaos_a_random_replica_killed_at_a_random_point_loses_nothing(tmp_path,
     report = run(topo, restarts=3)
     assert set(received_in(tmp_path)) == set(range(3000)) | {-n - 1 for n in range(3000)}, (victim, at)
     assert sum(r.restarts for node in report for r in node.replicas) == (1 if marker.exists() else 0)
+
+
+def poisoned(tmp_path: Path, on_error: str) -> Topology:
+    """numbers -> work (kills itself on 1234, every time) -> store; work's dead letters -> errors."""
+    topo = Topology("poisoned")
+    topo.source(lambda: iter(range(5000)), name="numbers")
+
+    @topo.node(inputs="numbers", parallelism=2, on_error=on_error)
+    def work(n):
+        if n == 1234:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    topo.sink(Received(tmp_path), inputs=work, name="store")
+    if on_error == "dead_letter":
+        topo.sink(Received(tmp_path / "errors"), inputs=work.errors, name="errors")
+    return topo
+
+
+def test_a_poison_item_that_kills_its_replica_every_time_is_dead_lettered_after_three_deaths(tmp_path):
+    (tmp_path / "errors").mkdir()
+    letters: list = []
+
+    class Letters(Received):
+        def process(self, letter):
+            letters.append(letter)
+            super().process(f"{letter.item}|{letter.error_type}|{letter.attempts}|{letter.node}")
+
+    topo = poisoned(tmp_path, "dead_letter")
+    topo._nodes[-1] = dataclasses.replace(topo._nodes[-1], code=Letters(tmp_path / "errors"))
+    report = run(topo, restarts=5)
+    assert sorted(set(received_in(tmp_path))) == [n for n in range(5000) if n != 1234]
+    rows = [line for path in (tmp_path / "errors").glob("received-*") for line in path.read_text().split()]
+    assert rows == ["1234|PoisonItem|3|work"]
+    assert report["work"].dead_lettered == 1 and report["work"].restarts == 3
+
+
+def test_a_poison_item_fails_the_run_naming_it_when_its_node_does_not_set_items_aside(tmp_path):
+    with pytest.raises(RunFailed) as caught:
+        run(poisoned(tmp_path, "fail"), restarts=5)
+    assert ("failed in process(): a poison item (declare on_error=\"dead_letter\" or \"skip\" to set it aside): "
+            "PoisonItem: it was in flight at 3 deaths of work/") in str(caught.value)
+    assert caught.value.item == "1234"

@@ -223,6 +223,9 @@ class Coordinator:
             if self._stopping:
                 log.warning("while stopping: %s", self._failure(replica_id, what).args[0])
                 return
+            if message.fatal:
+                raise self._failure(replica_id, what, phase=message.phase, remote_traceback=message.traceback,
+                                    item=message.item)
             self._lost(replica_id, what, phase=message.phase, remote_traceback=message.traceback,
                        item=message.item)
         else:

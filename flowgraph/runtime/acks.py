@@ -91,7 +91,7 @@ class Acknowledger:
 
     def connect(self, context: zmq.Context, address_book: AddressBook) -> None:
         for link in self._links.values():
-            link.socket = self._socket(context, address_book[link.producer_id][link.slot])
+            link.socket = self._wiring.back_socket(context, address_book[link.producer_id][link.slot])
 
     def rewire(self, context: zmq.Context, producer_id: str, endpoints: AddressBook) -> None:
         """Producer ``producer_id`` was restarted: reach it at its new endpoints."""
@@ -99,14 +99,7 @@ class Acknowledger:
             if link.producer_id == producer_id:
                 assert link.socket is not None, "connect() comes first"
                 link.socket.close(linger=0)
-                link.socket = self._socket(context, endpoints[producer_id][link.slot])
-
-    def _socket(self, context: zmq.Context, endpoint: str) -> zmq.Socket:
-        socket: zmq.Socket = context.socket(zmq.PUSH)
-        socket.linger = 0
-        self._wiring.secure(socket, serve=False)
-        socket.connect(endpoint)
-        return socket
+                link.socket = self._wiring.back_socket(context, endpoints[producer_id][link.slot])
 
     def arrived(self, sender: Sender, incarnation: int) -> None:
         """A message of ``sender``'s ``incarnation`` arrived: a newer one than before makes the older batches moot."""
@@ -120,14 +113,19 @@ class Acknowledger:
         if sender in self._links:
             self._processed.append(_Processed(sender, incarnation, seq, watermark))
 
-    def send(self, acked: tuple[int, ...]) -> None:
-        """Acknowledge every batch done, now that each output edge is acknowledged up to ``acked``."""
+    def send(self, acked: tuple[int, ...], idle: bool = False) -> None:
+        """Acknowledge every batch done, now that each output edge is acknowledged up to ``acked``.
+
+        A sink's ``flush()`` runs first, at most every ``SINK_ACK_INTERVAL_S``
+        while it is busy, at once when it is ``idle`` (nothing more came:
+        its producer may wait for this acknowledgement).
+        """
         processed = self._processed
         if not processed:
             return
         if self.before_ack is not None:
             now = self._clock()
-            if now < self._next_ack:
+            if now < self._next_ack and not idle:
                 return
             self._next_ack = now + SINK_ACK_INTERVAL_S
             self.before_ack()

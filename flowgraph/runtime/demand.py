@@ -40,7 +40,7 @@ from ..model.plan import Plan, ReplicaPlan, back_slot, replica_id
 from ..wire.frames import Kind, Sender, encode_header
 from .counters import Counters
 from .edges import KEPT_BATCHES, AddressBook, EdgeSetup, PushEdge
-from .sockets import Wiring, send_frames
+from .sockets import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,7 @@ class Grants:
 
     def connect(self, context: zmq.Context, address_book: AddressBook) -> None:
         for grant in self._grants.values():
-            socket = context.socket(zmq.PUSH)
-            socket.linger = 0
-            self._wiring.secure(socket, serve=False)
-            socket.connect(address_book[grant.producer_id][grant.slot])
-            grant.socket = socket
+            grant.socket = self._wiring.back_socket(context, address_book[grant.producer_id][grant.slot])
 
     def rewire(self, context: zmq.Context, producer_id: str, endpoints: AddressBook) -> None:
         """Producer ``producer_id`` was restarted: grant to its new credit socket, from the start."""
@@ -148,10 +144,7 @@ class Grants:
                 if grant.socket is not None:
                     grant.socket.close(linger=0)
                 grant.granted, grant.received = CREDIT_START_ITEMS, 0
-                grant.socket = context.socket(zmq.PUSH)
-                grant.socket.linger = 0
-                self._wiring.secure(grant.socket, serve=False)
-                grant.socket.connect(endpoints[producer_id][grant.slot])
+                grant.socket = self._wiring.back_socket(context, endpoints[producer_id][grant.slot])
 
     def received(self, producer: Sender, items: int) -> None:
         """``items`` arrived from ``producer`` (node, replica, port); grant more once half of the grant arrived."""
@@ -219,16 +212,11 @@ class DemandEdge(PushEdge):
             parts = split_parts(len(items), self._usable_credit(), self._turn, self.limit)
             for consumer, size in parts:
                 part = items[sent:sent + size]
-                frames = self.frames(consumer, Kind.BATCH, part, first + sent)
-                try:
-                    send_frames(self.sockets[consumer], frames, zmq.NOBLOCK)
-                except zmq.Again:  # its queue is full all the same
-                    self.seq[consumer] -= 1
-                    if self.plan.acked:
-                        self.kept[consumer].pop()
+                delivered = self.try_deliver(consumer, part, first + sent)
+                if delivered is None:  # its queue is full all the same
                     break  # the next part starts here: items leave in order
                 self._credit[consumer] -= size
-                self.account(part, frames)
+                self.account(part, delivered)
                 sent += size
                 self._turn = (consumer + 1) % len(self.sockets)
             items, first = items[sent:], first + sent
@@ -241,11 +229,12 @@ class DemandEdge(PushEdge):
             self.blocked_since(started)
 
     def _usable_credit(self) -> list[int]:
-        """Each consumer's credit; none for one that holds ``KEPT_BATCHES`` unacknowledged (with restarts)."""
+        """Each consumer's credit; with restarts none for one that holds ``KEPT_BATCHES`` unacknowledged, or whose
+        suspects go out one at a time after a restart (the others take the new items meanwhile)."""
         if not self.plan.acked:
             return self._credit
-        return [credit if len(kept) < KEPT_BATCHES else 0 for credit, kept in zip(self._credit, self.kept,
-                                                                                   strict=True)]
+        return [credit if len(keeper) < KEPT_BATCHES and not keeper.probing else 0
+                for credit, keeper in zip(self._credit, self.keepers, strict=True)]
 
     def _waiting_poller(self, ready: list[int]) -> zmq.Poller:
         """What to wait for: credit or acknowledgements, a stop, and room in the queues of consumers with credit."""

@@ -16,12 +16,13 @@ behind the last batch on every socket, so EOS never overtakes data.
 is a class here and a line there.
 
 In a run with restarts (``EdgePlan.acked``) every edge keeps what it sent
-each consumer replica until that replica acknowledges it (``Sent``, at most
-``KEPT_BATCHES`` batches a pair: sending waits beyond), binds a back socket
-the acknowledgements arrive on, and sends end of stream only once all it
-sent was acknowledged. When a consumer replica is restarted (``rewire``),
-the edge connects to its new endpoint and sends it again, with fresh
-sequence numbers, everything it kept for it, end of stream included.
+each consumer replica until that replica acknowledges it (a ``Keeper`` per
+consumer, at most ``KEPT_BATCHES`` messages: sending waits beyond), binds a
+back socket the acknowledgements arrive on, and sends end of stream only
+once all it sent was acknowledged. When a consumer replica is restarted
+(``rewire``), the edge connects to its new endpoint and sends it again, with
+fresh sequence numbers, what it kept for it, as ``keeping`` says (suspects
+one at a time, poison not at all).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ from ..model.plan import ConnectPlan, EdgePlan, back_slot, broadcast_slot
 from ..settings import Timeouts
 from ..wire import serializers
 from ..wire.frames import (
+    HEADER_BYTES,
     SUBSCRIBE,
     Header,
     Kind,
@@ -53,6 +54,7 @@ from ..wire.frames import (
 from ..wire.keys import replica_for_key
 from .counters import Counters, EdgeCounters
 from .failures import ProtocolError, SerializationError
+from .keeping import Keeper, Sent
 from .pipe import ControlPipe
 from .sockets import Wiring, ready_to_read, send_frames
 
@@ -92,18 +94,6 @@ class EdgeSetup:
     """Called while the edge waits: applies restarted peers' new endpoints (with restarts), reads back sockets."""
 
 
-@dataclass
-class Sent:
-    """A message sent to one consumer replica and kept until it acknowledges it (a run with restarts)."""
-
-    seq: int
-    kind: Kind
-    payload: list[Any]
-    items: int
-    first: int
-    """The emission index of its first item: an edge is acknowledged up to the oldest kept one's."""
-
-
 class OutputEdge(Protocol):
     """One output edge of a replica; ``Outputs`` drives every edge through these calls, in this order."""
 
@@ -111,6 +101,10 @@ class OutputEdge(Protocol):
     stats: EdgeCounters
     emitted: int
     """Items it was given so far."""
+
+    @property
+    def back_socket(self) -> zmq.Socket | None:
+        """Where credit and acknowledgements arrive (None: consumers do not talk back on it)."""
     replayed: int
     """Items it sent again to restarted consumer replicas."""
 
@@ -175,7 +169,7 @@ class BatchingEdge:
         self.replayed = 0
         self._dequeued = 0
         """Items taken from the queue into batches so far (the emission index of the queue's first item)."""
-        self.kept: list[deque[Sent]] = []
+        self.keepers: list[Keeper] = []
         """Per consumer replica, what it was sent and has not acknowledged (only with restarts)."""
         self.generation: list[int] = []
         """Per consumer replica, how often it was rewired: a send that a rewire overtook is not repeated."""
@@ -197,24 +191,62 @@ class BatchingEdge:
     def bound_sockets(self) -> list[zmq.Socket]:
         return [] if self._back is None else [self._back]
 
+    @property
+    def back_socket(self) -> zmq.Socket | None:
+        """The socket credit and acknowledgements arrive on, if consumers talk back on this edge."""
+        return self._back
+
     def wait_ready(self) -> None:
         return None
 
     def _open(self, count: int) -> None:
         """Per-consumer bookkeeping for ``count`` sockets."""
         self.seq = [0] * count
-        self.kept = [deque() for _ in range(count)]
+        self.keepers = [Keeper(self._split) for _ in range(count)]
         self.generation = [0] * count
         self._incarnations = [0] * count
 
-    def frames(self, socket_index: int, kind: Kind, items: list[Any], first: int = 0) -> list[Any]:
-        """Header and payload of the next message on socket ``socket_index`` (kept, with restarts)."""
+    def deliver(self, index: int, kind: Kind, items: list[Any], first: int = 0) -> int:
+        """Send a message to consumer ``index`` (kept, with restarts), waiting for room; returns its bytes."""
         payload = self._encode(items) if items else []
-        seq = self.seq[socket_index]
-        self.seq[socket_index] = seq + 1
+        if not self.plan.acked:
+            seq = self.seq[index]
+            self.seq[index] = seq + 1
+            frames = message(self._header(kind, seq, len(items)), payload)
+            self.send_waiting(index, frames)
+            return frames_size(frames)
+        self._wait_for_room_to_keep(index)
+        kept = Sent(kind, payload, len(items), first)
+        if self.keepers[index].keep(kept):
+            self._send_kept(index, kept)
+        return HEADER_BYTES + frames_size(payload)
+
+    def try_deliver(self, index: int, items: list[Any], first: int) -> int | None:
+        """Send a batch to consumer ``index`` if its queue has room now; its bytes, or None if it had none."""
+        payload = self._encode(items)
+        seq = self.seq[index]
+        frames = message(self._header(Kind.BATCH, seq, len(items)), payload)
+        try:
+            send_frames(self.sockets[index], frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        self.seq[index] = seq + 1
         if self.plan.acked:
-            self.kept[socket_index].append(Sent(seq, kind, payload, len(items), first))
-        return message(self._header(kind, seq, len(items)), payload)
+            self.keepers[index].keep(Sent(Kind.BATCH, payload, len(items), first, seq, sent=True))
+        return frames_size(frames)
+
+    def _send_kept(self, index: int, kept: Sent) -> None:
+        kept.seq = self.seq[index]
+        self.seq[index] += 1
+        kept.sent = True
+        if kept.deaths:
+            self.replayed += kept.items
+        self.send_waiting(index, message(self._header(kept.kind, kept.seq, kept.items), kept.payload))
+
+    def _split(self, kept: Sent) -> list[Sent]:
+        """A kept batch as single-item messages, in its order (a suspect at its second death)."""
+        items = serializers.decode_items(self._serializer, kept.payload)
+        return [Sent(Kind.BATCH, self._encode([item]), 1, kept.first, deaths=kept.deaths) for item in items]
 
     def _header(self, kind: Kind, seq: int, count: int) -> bytes:
         setup = self.setup
@@ -237,9 +269,8 @@ class BatchingEdge:
                     ) from item_error
             raise
 
-    def account(self, items: list[Any], frames: list[Any]) -> None:
-        """Count a sent batch, and size the next one from this one's bytes per item."""
-        size = frames_size(frames)
+    def account(self, items: list[Any], size: int) -> None:
+        """Count a sent batch of ``size`` bytes, and size the next one from this one's bytes per item."""
         stats = self.stats
         stats.items += len(items)
         stats.batches += 1
@@ -282,11 +313,11 @@ class BatchingEdge:
 
     def _wait_for_room_to_keep(self, index: int) -> None:
         """With restarts: wait while consumer ``index`` holds ``KEPT_BATCHES`` unacknowledged batches."""
-        if not self.plan.acked or len(self.kept[index]) < KEPT_BATCHES:
+        if not self.plan.acked or len(self.keepers[index]) < KEPT_BATCHES:
             return
         started = time.monotonic()
         try:
-            while len(self.kept[index]) >= KEPT_BATCHES:
+            while len(self.keepers[index]) >= KEPT_BATCHES:
                 self._wait_for_back(self.setup.timeouts.stop_check_ms)
         finally:
             self.blocked_since(started)
@@ -331,16 +362,16 @@ class BatchingEdge:
 
     def _send(self, items: list[Any], first: int) -> None:
         """Send ``items`` (the first has emission index ``first``) as one batch on the first socket."""
-        self._wait_for_room_to_keep(0)
-        frames = self.frames(0, Kind.BATCH, items, first)
-        self.send_waiting(0, frames)
-        self.account(items, frames)
+        self.account(items, self.deliver(0, Kind.BATCH, items, first))
 
     def acked_prefix(self) -> int:
-        firsts = [kept[0].first for kept in self.kept if kept and kept[0].kind is Kind.BATCH]
+        firsts = self._kept_firsts()
         if self._queue:
             firsts.append(self._dequeued)
         return min(firsts) if firsts else self.emitted
+
+    def _kept_firsts(self) -> list[int]:
+        return [first for keeper in self.keepers if (first := keeper.first_unacknowledged()) is not None]
 
     def read_back(self) -> None:
         socket = self._back
@@ -368,9 +399,14 @@ class BatchingEdge:
         """Credit came from ``consumer`` (only a demand-driven shuffle asks for it)."""
 
     def _acknowledged(self, header: Header) -> None:
-        kept = self.kept[header.replica]
-        while kept and kept[0].seq <= header.seq and kept[0].kind is Kind.BATCH:
-            kept.popleft()
+        keeper = self.keepers[header.replica]
+        keeper.acknowledged(header.seq)
+        if keeper.probing:
+            self._send_due(header.replica)
+
+    def _send_due(self, index: int) -> None:
+        for kept in self.keepers[index].to_send():
+            self._send_kept(index, kept)
 
     def rewire(self, context: zmq.Context, consumer: int, incarnation: int, endpoint: str) -> None:
         old = self.sockets[consumer]
@@ -383,11 +419,8 @@ class BatchingEdge:
         self._incarnations[consumer] = incarnation
         self.generation[consumer] += 1
         self.restarted(consumer)
-        for sent in self.kept[consumer]:
-            sent.seq = self.seq[consumer]
-            self.seq[consumer] += 1
-            self.replayed += sent.items
-            self.send_waiting(consumer, message(self._header(sent.kind, sent.seq, sent.items), sent.payload))
+        self.keepers[consumer].restarted()
+        self._send_due(consumer)
 
     def restarted(self, consumer: int) -> None:
         """``consumer`` is a new incarnation: forget what the old one granted (a demand-driven shuffle)."""
@@ -405,7 +438,7 @@ class BatchingEdge:
 
     def _send_eos(self) -> None:
         for index in range(len(self.sockets)):
-            self.send_waiting(index, self.frames(index, Kind.EOS, [], self.emitted))
+            self.deliver(index, Kind.EOS, [], self.emitted)
 
     def close(self) -> None:
         for socket in self.sockets:
@@ -431,15 +464,12 @@ class FanOutEdge(PushEdge):
 
     def _send(self, items: list[Any], first: int) -> None:
         payload = self._encode(items)
-        frames: list[Any] = []
         for index in range(len(self.sockets)):
             self._wait_for_room_to_keep(index)
-            seq = self.seq[index]
-            self.seq[index] = seq + 1
-            self.kept[index].append(Sent(seq, Kind.BATCH, payload, len(items), first))
-            frames = message(self._header(Kind.BATCH, seq, len(items)), payload)
-            self.send_waiting(index, frames)
-        self.account(items, frames)  # one batch on the edge, as over XPUB
+            kept = Sent(Kind.BATCH, payload, len(items), first)
+            if self.keepers[index].keep(kept):
+                self._send_kept(index, kept)
+        self.account(items, HEADER_BYTES + frames_size(payload))  # one batch on the edge, as over XPUB
 
 
 class KeyedEdge(PushEdge):
@@ -490,15 +520,12 @@ class KeyedEdge(PushEdge):
         return any(self._pending)
 
     def acked_prefix(self) -> int:
-        firsts = [kept[0].first for kept in self.kept if kept and kept[0].kind is Kind.BATCH]
+        firsts = self._kept_firsts()
         firsts += [first for first, batch in zip(self._pending_first, self._pending, strict=True) if batch]
         return min(firsts) if firsts else self.emitted
 
     def _send_to(self, consumer: int, items: list[Any]) -> None:
-        self._wait_for_room_to_keep(consumer)
-        frames = self.frames(consumer, Kind.BATCH, items, self._pending_first[consumer])
-        self.send_waiting(consumer, frames)
-        self.account(items, frames)
+        self.account(items, self.deliver(consumer, Kind.BATCH, items, self._pending_first[consumer]))
 
 
 class BroadcastEdge(BatchingEdge):

@@ -25,6 +25,10 @@ class SerializationError(Exception):
     """An emitted item cannot be encoded by its edge's serializer."""
 
 
+class PoisonItem(Exception):
+    """An item killed its replica every time it was processed (it was in flight at each of its last deaths)."""
+
+
 class Failure(Exception):
     """Phase ``phase`` of the replica failed with ``error``, maybe while processing ``item``.
 
@@ -32,12 +36,14 @@ class Failure(Exception):
     """
 
     def __init__(self, phase: Phase, error: BaseException, item: Any = None, has_item: bool = False,
-                 reason: str | None = None) -> None:
+                 reason: str | None = None, fatal: bool = False) -> None:
         super().__init__(phase)
         self.phase = phase
         self.error = error
         self.item_repr = short_repr(item) if has_item else None
         self.reason = reason
+        self.fatal = fatal
+        """A restart would not help (a poison item): the run fails, whatever the restart budget."""
 
     @property
     def message(self) -> str:

@@ -19,8 +19,30 @@ from ..errors import Phase, user_traceback
 from ..model.policy import DeadLetter, ErrorPolicy, backoff_s
 from .context import Context
 from .counters import Counters
-from .failures import Failure, Stopped
+from .failures import Failure, PoisonItem, Stopped
+from .keeping import POISON_DEATHS
 from .operator import Operator, emitted
+
+
+def set_aside(item: Any, policy: ErrorPolicy, counters: Counters, context: Context) -> DeadLetter | None:
+    """A poison item (it killed this replica each of the last ``POISON_DEATHS`` times it came): not processed.
+
+    It is dead-lettered or skipped, as the node's policy says; with
+    ``on_error="fail"`` the run fails naming it, whatever the restart budget
+    (a restart would only bring it back).
+    """
+    error = PoisonItem(f"it was in flight at {POISON_DEATHS} deaths of {context.node}/{context.replica} in a row, "
+                       "so it is not processed again")
+    counters.errors += 1
+    if policy.on_error == "dead_letter":
+        counters.dead_lettered += 1
+        return DeadLetter(item, context.node, context.replica, context.host, type(error).__name__, str(error), "",
+                          POISON_DEATHS)
+    if policy.on_error == "skip":
+        counters.skipped += 1
+        return None
+    raise Failure(Phase.PROCESS, error, item, has_item=True, fatal=True,
+                  reason="a poison item (declare on_error=\"dead_letter\" or \"skip\" to set it aside)")
 
 
 class ItemGuard:

@@ -16,8 +16,7 @@ from typing import Any, NamedTuple
 
 import zmq
 
-from ..model.dsl import GroupingKind
-from ..model.plan import IN_SLOT, ConnectPlan, Plan, ReplicaPlan
+from ..model.plan import IN_SLOT, ConnectPlan, Plan, ReplicaPlan, replica_id
 from ..settings import BufferSettings
 from ..wire import serializers
 from ..wire.frames import Kind, Sender, decode_header, identification, split, topic
@@ -31,7 +30,9 @@ from .sockets import Wiring, ready_to_read, recv_frames
 
 log = logging.getLogger(__name__)
 
-BROADCAST = GroupingKind.BROADCAST
+_DATA = (Kind.BATCH, Kind.EOS, Kind.POISON)
+"""What may arrive on a data socket (credit and acknowledgements go the other way)."""
+
 
 
 class Batch(NamedTuple):
@@ -42,6 +43,8 @@ class Batch(NamedTuple):
     sender: Sender
     incarnation: int
     seq: int
+    poison: bool = False
+    """Its one item killed this replica every time (``keeping``): it is set aside, not processed."""
 
 
 class Inputs:
@@ -62,6 +65,7 @@ class Inputs:
         self._names = {(plan.node(edge.upstream).index, edge.port): edge.source_name
                        for edge in plan.edges_into(replica.node)}
         """What ``context().input`` says for items from (producer node, port): ``fetch``, ``fetch.errors``."""
+        self._node_names = {node.index: node.name for node in plan.nodes}
         self._producers = {
             (plan.node(edge.upstream).index, index, edge.port)
             for edge in plan.edges_into(replica.node)
@@ -77,6 +81,7 @@ class Inputs:
         self._subscribed: list[ConnectPlan] = [c for c in replica.connects if c.socket == "SUB"]
         self._sockets: list[zmq.Socket] = []
         self._poller = zmq.Poller()
+        self._watched = False
         self._turn = 0
 
     @property
@@ -93,11 +98,11 @@ class Inputs:
         inputs = self._plan.edges_into(self._replica.node)
         if any(bind.slot == IN_SLOT for bind in self._replica.binds):
             self._pull = self._wiring.data_socket(context, zmq.PULL, _widest(
-                [edge.buffers for edge in inputs if edge.grouping.kind is not BROADCAST]))
+                [edge.buffers for edge in inputs if not edge.is_pub_sub]))
             self._sockets.append(self._pull)
         if self._subscribed:
             self._sub = self._wiring.data_socket(context, zmq.SUB, _widest(
-                [edge.buffers for edge in inputs if edge.grouping.kind is BROADCAST]))
+                [edge.buffers for edge in inputs if edge.is_pub_sub]))
             # Subscriptions travel SUB -> XPUB and a SUB drops them at its send HWM;
             # they are a few bytes each, so never limit them.
             self._sub.sndhwm = 0
@@ -126,8 +131,20 @@ class Inputs:
         self._sub.setsockopt(zmq.SUBSCRIBE, topic(self._token))
         self._sub.setsockopt(zmq.SUBSCRIBE, identification(self._token, self._replica.index))
 
-    def rewire(self, context: zmq.Context, producer_id: str, endpoints: AddressBook) -> None:
-        """Producer ``producer_id`` was restarted: credit and acknowledgements go to its new endpoints."""
+    def watch(self, sockets: list[zmq.Socket]) -> None:
+        """Wake a waiting receive for these sockets too (with restarts: acknowledgements from downstream, which
+        may be what a producer upstream waits for)."""
+        for socket in sockets:
+            self._poller.register(socket, zmq.POLLIN)
+        self._watched = bool(sockets)
+
+    def rewire(self, context: zmq.Context, producer_id: str, incarnation: int, endpoints: AddressBook) -> None:
+        """Producer ``producer_id`` was restarted as ``incarnation``: what its replaced incarnation still sends
+        is dropped from now on, credit and acknowledgements go to its new endpoints."""
+        for sender in self._producers:
+            if (replica_id(self._node_names[sender[0]], sender[1]) == producer_id
+                    and incarnation > self._incarnations.get(sender, 0)):
+                self._restarted(sender, incarnation)
         self._grants.rewire(context, producer_id, endpoints)
         self.acks.rewire(context, producer_id, endpoints)
 
@@ -152,7 +169,7 @@ class Inputs:
         Call it when ``receive`` gave None and ``is_done`` is still False.
         """
         self._grants.retry()
-        if len(self._sockets) == 1:
+        if len(self._sockets) == 1 and not self._watched:
             frames = self._recv_waiting(self._sockets[0], wait_ms)
             return None if frames is None else self._accept(frames)
         events = dict(self._poller.poll(wait_ms))
@@ -185,7 +202,7 @@ class Inputs:
         header_frame, payload = split(frames)
         header = decode_header(self._token, header_frame)
         if header is None or header.sender not in self._producers or (
-                header.kind == Kind.BATCH and not payload) or header.kind not in (Kind.BATCH, Kind.EOS):
+                header.kind in (Kind.BATCH, Kind.POISON) and not payload) or header.kind not in _DATA:
             self._reject(frames)
             return None
         producer = header.sender
@@ -206,7 +223,7 @@ class Inputs:
             return None
         self._grants.received(producer, header.items)
         return Batch(upstream, serializers.decode_items(header.serializer, payload), producer, header.incarnation,
-                     header.seq)
+                     header.seq, header.kind == Kind.POISON)
 
     def _restarted(self, producer: Sender, incarnation: int) -> None:
         """``producer`` is a new incarnation: its numbering starts again, and so does its end of stream."""

@@ -14,10 +14,11 @@ from types import GeneratorType
 from typing import Any
 
 from ..errors import Phase
+from ..model.policy import ErrorPolicy
 from .context import Context
 from .counters import Counters
 from .failures import Failure, ProtocolError, Stopped
-from .guard import ItemGuard
+from .guard import ItemGuard, set_aside
 from .inputs import Inputs
 from .operator import Operator
 from .outputs import Outputs
@@ -27,14 +28,16 @@ _NONE = type(None)
 
 
 def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: Counters, context: Context,
-               flush: Callable[[], None], idle_wait_ms: int, collect: Callable[[list[Any]], None] | None,
-               guard: ItemGuard | None = None) -> None:
+               flush: Callable[[], None], flush_idle: Callable[[], None], idle_wait_ms: int,
+               collect: Callable[[list[Any]], None] | None,
+               policy: ErrorPolicy, guard: ItemGuard | None = None) -> None:
     """Run ``operator.process`` on every item until end of stream from every upstream replica.
 
-    ``flush`` sends partial batches and looks for a stop; ``collect`` (for
+    ``flush`` sends partial batches and looks for a stop (``flush_idle``
+    when no input waits); ``collect`` (for
     ``flowgraph.testing``) gets every batch received; ``guard``, for a node
-    whose error policy catches anything, runs each item under it. Raises
-    ``Failure``.
+    whose error ``policy`` catches anything, runs each item under it; a
+    poison item is set aside as the policy says. Raises ``Failure``.
     """
     has_outputs = outputs.emits_items
     acks = inputs.acks if inputs.acks.active else None
@@ -46,7 +49,7 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
             if batch is None:
                 if inputs.is_done:
                     return
-                flush()  # partial batches out, a stop looked for, and with restarts rewires and acks served
+                flush_idle()  # partial batches out, a stop looked for, with restarts rewires and acks served
                 batch = inputs.wait_receive(idle_wait_ms)
         except ProtocolError as error:
             raise Failure(Phase.RECEIVE, error) from error
@@ -54,6 +57,12 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
             continue
         items = batch.items
         context.input = batch.upstream
+        if batch.poison:
+            letter = set_aside(items[0], policy, counters, context)
+            if letter is not None:
+                outputs.emit_dead_letters([letter])
+            counters.items_in += 1
+            items = []
         if collect is not None:
             collect(items)
         start, count = 0, len(items)

@@ -59,6 +59,10 @@ class Outputs:
         """The sockets ``bind`` made (strangers can connect to them)."""
         return [socket for edge in self.edges for socket in edge.bound_sockets()]
 
+    def back_sockets(self) -> list[zmq.Socket]:
+        """The sockets credit and acknowledgements arrive on."""
+        return [socket for edge in self.edges if (socket := edge.back_socket) is not None]
+
     def connect(self, context: zmq.Context, address_book: AddressBook) -> None:
         for edge in self.edges:
             edge.connect(context, address_book)

@@ -178,6 +178,8 @@ class _Replica:
         if not self.job.wiring.is_inproc:
             bound = [*self.inputs.bound_sockets(), *self.outputs.bound_sockets()]
             self.control.send(WatchHandshakes(tuple(monitor_handshakes(socket) for socket in bound)))
+        if self._recoverable:
+            self.inputs.watch(self.outputs.back_sockets())
         self.control.send(Register(endpoints))
         address_book = self.control.wait_for(AddressBook).replicas
         self.outputs.connect(self.zmq_context, address_book)
@@ -211,7 +213,7 @@ class _Replica:
         timeouts = self.job.timeouts
         idle_wait_s = timeouts.stop_check_s if self._recoverable else timeouts.idle_wait_s  # rewires come sooner
         drive_node(operator, self.inputs, self.outputs, self.counters, self.context, self._flush_and_check,
-                   round(idle_wait_s * 1000), collect, guard)
+                   self._flush_idle, round(idle_wait_s * 1000), collect, policy, guard)
 
     def _emit_all(self, phase: Phase, method: Callable[[], Any]) -> None:
         self.context.input = None
@@ -228,7 +230,14 @@ class _Replica:
         if self._recoverable:
             self._service()
 
-    def _service(self) -> None:
+    def _flush_idle(self) -> None:
+        """``_flush_and_check`` when nothing more came: a sink acknowledges at once (see ``Acknowledger.send``)."""
+        self.outputs.flush()
+        self.control.raise_if_stopped()
+        if self._recoverable:
+            self._service(idle=True)
+
+    def _service(self, idle: bool = False) -> None:
         """With restarts: reconnect to restarted peers (and resend them what they lost), read acknowledgements,
         acknowledge what is done. Not re-entered: a resend that waits serves nothing more meanwhile."""
         if self._servicing:
@@ -238,10 +247,10 @@ class _Replica:
             for rewire in self.control.take_rewires():
                 endpoints = {rewire.replica: rewire.endpoints}
                 self.outputs.rewire(self.zmq_context, rewire.replica, rewire.incarnation, endpoints)
-                self.inputs.rewire(self.zmq_context, rewire.replica, endpoints)
+                self.inputs.rewire(self.zmq_context, rewire.replica, rewire.incarnation, endpoints)
             self.outputs.read_back()
             acked = self.outputs.acked_prefixes()
-            self.inputs.acks.send(acked)
+            self.inputs.acks.send(acked, idle)
             counters = self.counters
             counters.replayed = self.outputs.replayed
             if self.job.node.kind is NodeKind.SOURCE:
@@ -270,4 +279,4 @@ class _Replica:
 
 def _report_failure(control: ControlPipe, failure: Failure, counters: Counters) -> None:
     control.send(Failed(phase=failure.phase, message=failure.message, traceback=user_traceback(failure.error),
-                        item=failure.item_repr, stats=counters.snapshot()))
+                        item=failure.item_repr, stats=counters.snapshot(), fatal=failure.fatal))

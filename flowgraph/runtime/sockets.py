@@ -88,6 +88,14 @@ class Wiring:
         self.secure(socket, serve=kind in (zmq.PULL, zmq.XPUB, zmq.ROUTER))
         return socket
 
+    def back_socket(self, context: zmq.Context, endpoint: str) -> zmq.Socket:
+        """A consumer's PUSH to a producer's back socket (credit, acknowledgements): small, never lingering."""
+        socket: zmq.Socket = context.socket(zmq.PUSH)
+        socket.linger = 0
+        self.secure(socket, serve=False)
+        socket.connect(endpoint)
+        return socket
+
     def secure(self, socket: zmq.Socket, serve: bool) -> None:
         """Apply CURVE (server side for a socket that binds) if the run uses it."""
         if self.curve is not None:

@@ -150,6 +150,8 @@ class Failed:
     """A truncated repr of the item being processed, if any."""
     stats: ReplicaStats
     """Its counters as far as it got."""
+    fatal: bool = False
+    """A restart would not help (a poison item): the run fails, whatever the restart budget."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ class Kind(enum.IntEnum):
     """Consumer to producer: send me ``items`` more (the header's node and replica name the consumer)."""
     ACK = 4
     """Consumer to producer, with restarts: I am done with your batches up to ``seq`` of your incarnation ``items``."""
+    POISON = 5
+    """A one-item batch that was in flight at every one of its consumer's last deaths: not to be processed again."""
 
 
 class Header(NamedTuple):

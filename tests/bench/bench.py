@@ -168,6 +168,26 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     }, repeat)
     record("scaling_parallelism_2_vs_1", rates["two"] / rates["one"], 2)
 
+    # Restarts on and no faults: what acknowledgements and kept batches cost, beside the same pipeline without.
+    rates = side_by_side({
+        "plain": (lambda n: flowgraph("small_dicts", count=n), small, big),
+        "restarts": (lambda n: flowgraph("small_dicts", "--restarts", "1", count=n), small, big),
+    }, repeat)
+    record("restarts_small_dicts_items_per_s", rates["restarts"])
+    record("restarts_ratio_to_plain", rates["restarts"] / rates["plain"], 2)
+    count = 500 if quick else 10_000
+    run = flowgraph("slow_sink", "--restarts", "1", rss=True, count=count, item_bytes=item_bytes, sleep_s=0.0001)
+    record("restarts_slow_sink_1gb_peak_total_rss_mb", (run.peak_rss_bytes or 0) / 1e6, 1)
+
+    # Recovery: from a SIGKILL of a middle replica to its next incarnation's first processed item.
+    recoveries = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as directory:
+            flowgraph("recovery", "--restarts", "1", count=20_000 if quick else 200_000, out=directory)
+            times = {name: float((Path(directory) / name).read_text()) for name in ("killed", "restarted")}
+            recoveries.append(times["restarted"] - times["killed"])
+    record("recovery_s_after_sigkill_of_a_middle_replica", min(recoveries), 3)
+
     # Startup: 5 nodes, 8 replicas.
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory) / "first.json"

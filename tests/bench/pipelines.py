@@ -1,6 +1,8 @@
 """Topologies the benchmark runs through ``flowgraph run`` (parameters come with --set)."""
 
 import json
+import os
+import signal
 import time
 
 from flowgraph import Topology, context
@@ -159,3 +161,38 @@ class FirstItem:
     def finish(self):
         with open(context().params["out"], "w") as file:
             json.dump({"first_item_at": self.first}, file)
+
+
+recovery = Topology("recovery")
+"""A middle replica kills itself once, half way; its next incarnation says when it processed its first item."""
+
+
+@recovery.source
+def steady():
+    for n in range(int(context().params["count"])):
+        if n % 100 == 0:
+            time.sleep(0.001)
+        yield n
+
+
+@recovery.node(inputs=steady, parallelism=2)
+class Victim:
+    restartable = True
+
+    def setup(self):
+        self.first = True
+
+    def process(self, n):
+        me, out = context(), context().params["out"]
+        if me.incarnation and self.first:
+            with open(os.path.join(out, "restarted"), "w") as file:
+                file.write(str(time.time()))
+        self.first = False
+        if n == int(context().params["count"]) // 2 and me.incarnation == 0:
+            with open(os.path.join(out, "killed"), "w") as file:
+                file.write(str(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+
+recovery.sink(lambda n: None, inputs="Victim", name="drop")
