@@ -54,6 +54,17 @@ class BufferSettings:
             return self.hwm
         return max(1, self.memory_budget_bytes // (2 * self.batch_bytes))
 
+    @property
+    def kept_batches(self) -> int:
+        """With restarts, a producer keeps at most this many unacknowledged batches for one consumer replica.
+
+        Four times the high-water mark, and eight more: room for what the
+        queues of the pair hold, and for what waits to be acknowledged
+        downstream, so keeping slows nothing when nothing fails. Beyond it the
+        producer waits (backpressure): memory stays bounded.
+        """
+        return 4 * self.effective_hwm + 8
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> BufferSettings:
         """These settings with ``overrides`` (names of fields) applied."""
         return dataclasses.replace(self, **overrides) if overrides else self

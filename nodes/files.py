@@ -213,6 +213,11 @@ class WriteJsonLines:
     UTF-8: tuples become lists, dict keys strings. An item that JSON cannot
     hold raises ``TypeError`` naming its type.
 
+    With ``--restarts`` it is restarted (``restartable``) and writes its
+    buffer before its lines are acknowledged (``flush()``), so lines arrive
+    at least once; a restarted replica appends to its file instead of
+    emptying it.
+
     >>> from flowgraph import Topology
     >>> topo = Topology("export")
     >>> @topo.source
@@ -220,6 +225,9 @@ class WriteJsonLines:
     ...     yield {"word": "heron", "count": 3}
     >>> out = topo.sink(WriteJsonLines("out/words.jsonl"), inputs=rows, parallelism=2, name="out")
     """
+
+    restartable = True
+    """Its ``setup()`` opens the file again; a restart loses no line written (see ``flush``)."""
 
     def __init__(self, path: str | os.PathLike[str] | None, *, per_replica: bool = True) -> None:
         if path is not None and not isinstance(path, (str, os.PathLike)):
@@ -253,7 +261,8 @@ class WriteJsonLines:
             path = _replica_path(path, context().replica)
         self.path = os.path.abspath(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if self.per_replica else 0)
+        empty = self.per_replica and context().incarnation == 0  # a restarted replica keeps what it wrote
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if empty else 0)
         self._fd = os.open(self.path, flags, 0o666)
 
     def process(self, item: Any) -> None:
@@ -268,6 +277,10 @@ class WriteJsonLines:
         self._lines.append(line.encode("utf-8") + b"\n")
         if len(self._lines) >= FLUSH_LINES:
             self._write_lines()
+
+    def flush(self) -> None:
+        """Write the lines buffered so far (the runtime calls it before it acknowledges them, with restarts)."""
+        self._write_lines()
 
     def finish(self) -> None:
         """Write the lines still buffered."""

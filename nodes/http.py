@@ -87,6 +87,8 @@ _Key = tuple[str, str, int]
 class Fetch:
     """A node that fetches the URL of each item and outputs the response as a dict.
 
+    Restartable (``--restarts``): its state is its connections, which it opens again.
+
     An item is a URL string, or a dict with a ``"url"`` key whose other keys
     are copied into the output (keys of the same name below win). The output:
 
@@ -134,6 +136,9 @@ class Fetch:
     ...     yield "http://127.0.0.1:8000/index.html"
     >>> fetch = topo.node(Fetch(timeout_s=5, min_interval_s=0.5), inputs=urls, parallelism=4, name="fetch")
     """
+
+    restartable = True
+    """A restart loses nothing: ``--restarts`` may restart its replicas."""
 
     def __init__(
         self,

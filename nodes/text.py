@@ -106,7 +106,7 @@ def top_words(
 
 
 class AnalyzePage:
-    """A node that turns a page from ``nodes.http.Fetch`` into a summary row.
+    """A node that turns a page from ``nodes.http.Fetch`` into a summary row (it keeps no state: restartable).
 
     Takes a dict with ``url`` and ``body`` (and, as ``Fetch`` outputs them,
     ``final_url``, ``status`` and ``error``) and returns::
@@ -126,6 +126,9 @@ class AnalyzePage:
     ... )["top_words"]
     [['herons', 2]]
     """
+
+    restartable = True
+    """A restart loses nothing: ``--restarts`` may restart its replicas."""
 
     def __init__(self, top_n: int = 10, stopwords: Iterable[str] = ENGLISH_STOPWORDS) -> None:
         self.top_n = top_n

@@ -126,6 +126,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     check_parser = commands.add_parser("check", help="validate a topology and print its plan")
     check_parser.add_argument("target", metavar="PATH[:VAR]")
     check_parser.add_argument("--hosts", metavar="H1,H2,...|@FILE", help="show the placement over these hosts")
+    check_parser.add_argument("--restarts", metavar="N", type=_non_negative_int,
+                              help="plan as run --restarts N would: each node's restart budget, acknowledged edges")
 
     graph_parser = commands.add_parser("graph", help="draw a topology (.dot, .mmd or .svg)")
     graph_parser.add_argument("target", metavar="PATH[:VAR]")

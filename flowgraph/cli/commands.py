@@ -68,10 +68,13 @@ def run_command(
     return outcome.code
 
 
-def check_command(target: str, hosts: str | None = None) -> int:
-    """``flowgraph check``: validate the topology and print its plan; starts and contacts nothing."""
+def check_command(target: str, hosts: str | None = None, restarts: int = 0) -> int:
+    """``flowgraph check``: validate the topology and print its plan; starts and contacts nothing.
+
+    ``restarts`` plans as ``run --restarts`` would (restart budgets, acknowledged edges).
+    """
     with _errors_to_exit_codes() as outcome:
-        print(describe_plan(load_topology(target).check(hosts=hosts)))
+        print(describe_plan(load_topology(target).check(hosts=hosts, restarts=restarts)))
     return outcome.code
 
 
@@ -180,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(arguments)
     logging.basicConfig(level=logging.WARNING, format="flowgraph: %(levelname)s: %(message)s")
     if args.command == "check":
-        return check_command(args.target, hosts=args.hosts)
+        return check_command(args.target, hosts=args.hosts, restarts=args.restarts or 0)
     if args.command == "graph":
         return graph_command(args.target, args.output)
     prepare_run_arguments(parser, run_parser, args)

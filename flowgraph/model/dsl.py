@@ -349,16 +349,17 @@ class Topology:
         """The topology as declared so far, as frozen data (not validated as a graph)."""
         return TopologySpec(self.name, tuple(self._nodes), self._settings)
 
-    def check(self, hosts: str | Iterable[str] | None = None) -> Plan:
+    def check(self, hosts: str | Iterable[str] | None = None, restarts: int = 0) -> Plan:
         """Validate the whole topology and return its ``Plan``, starting nothing.
 
         ``hosts`` (``"h1,h2"``, ``"@FILE"`` or a list) places the replicas
-        as ``run`` would, without contacting any host. Raises
-        ``TopologyError`` naming the node and the problem.
+        as ``run`` would, without contacting any host; ``restarts`` plans as
+        ``run(restarts=...)`` would. Raises ``TopologyError`` naming the node
+        and the problem.
         """
         from .plan import plan_run
 
-        return plan_run(self.spec(), hosts=hosts)
+        return plan_run(self.spec(), hosts=hosts, restarts=restarts)
 
     def _declare(
         self,

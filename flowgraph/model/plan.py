@@ -416,6 +416,9 @@ def describe_plan(plan: Plan) -> str:
         f"buffers: batch <= {buffers.batch_items} items / {size_text(buffers.batch_bytes)}, "
         f"hwm={buffers.effective_hwm} batches per socket, serializer={buffers.serializer}",
         f"  memory bound per producer->consumer pair: {bound}",
+        *([f"  with restarts, each producer also keeps up to {buffers.kept_batches} unacknowledged batches "
+           "per consumer replica (the same batches, while they travel and until they are acknowledged)"]
+          if plan.recoverable else []),
         "",
         "sockets:",
     ]

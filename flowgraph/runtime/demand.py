@@ -39,7 +39,7 @@ import zmq
 from ..model.plan import Plan, ReplicaPlan, back_slot, replica_id
 from ..wire.frames import Kind, Sender, encode_header
 from .counters import Counters
-from .edges import KEPT_BATCHES, AddressBook, EdgeSetup, PushEdge
+from .edges import AddressBook, EdgeSetup, PushEdge
 from .sockets import Wiring
 
 log = logging.getLogger(__name__)
@@ -229,11 +229,12 @@ class DemandEdge(PushEdge):
             self.blocked_since(started)
 
     def _usable_credit(self) -> list[int]:
-        """Each consumer's credit; with restarts none for one that holds ``KEPT_BATCHES`` unacknowledged, or whose
+        """Each consumer's credit; with restarts none for one that holds ``kept_batches`` unacknowledged, or whose
         suspects go out one at a time after a restart (the others take the new items meanwhile)."""
         if not self.plan.acked:
             return self._credit
-        return [credit if len(keeper) < KEPT_BATCHES and not keeper.probing else 0
+        limit = self.buffers.kept_batches
+        return [credit if len(keeper) < limit and not keeper.probing else 0
                 for credit, keeper in zip(self._credit, self.keepers, strict=True)]
 
     def _waiting_poller(self, ready: list[int]) -> zmq.Poller:

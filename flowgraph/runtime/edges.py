@@ -17,7 +17,7 @@ is a class here and a line there.
 
 In a run with restarts (``EdgePlan.acked``) every edge keeps what it sent
 each consumer replica until that replica acknowledges it (a ``Keeper`` per
-consumer, at most ``KEPT_BATCHES`` messages: sending waits beyond), binds a
+consumer, at most ``BufferSettings.kept_batches`` messages: sending waits beyond), binds a
 back socket the acknowledgements arrive on, and sends end of stream only
 once all it sent was acknowledged. When a consumer replica is restarted
 (``rewire``), the edge connects to its new endpoint and sends it again, with
@@ -64,8 +64,6 @@ AddressBook = Mapping[str, Mapping[str, str]]
 """Every replica's bound endpoints: ``{replica id: {slot: endpoint}}``."""
 
 _KEY_CACHE_SIZE = 100_000
-KEPT_BATCHES = 64
-"""With restarts, a producer keeps at most this many unacknowledged batches for one consumer replica."""
 
 
 @dataclass(frozen=True)
@@ -312,12 +310,13 @@ class BatchingEdge:
             self.setup.service()
 
     def _wait_for_room_to_keep(self, index: int) -> None:
-        """With restarts: wait while consumer ``index`` holds ``KEPT_BATCHES`` unacknowledged batches."""
-        if not self.plan.acked or len(self.keepers[index]) < KEPT_BATCHES:
+        """With restarts: wait while consumer ``index`` holds ``kept_batches`` unacknowledged batches."""
+        limit = self.buffers.kept_batches
+        if not self.plan.acked or len(self.keepers[index]) < limit:
             return
         started = time.monotonic()
         try:
-            while len(self.keepers[index]) >= KEPT_BATCHES:
+            while len(self.keepers[index]) >= limit:
                 self._wait_for_back(self.setup.timeouts.stop_check_ms)
         finally:
             self.blocked_since(started)
