@@ -352,3 +352,48 @@ def test_timeouts_reach_the_launcher_and_every_worker(tmp_path):
     launcher.join(30)
     assert not launcher.is_alive() and failure
     assert "node 'store' replica 0 on localhost stopped answering: no heartbeat for 1.5 s" in str(failure[0])
+
+
+def test_a_traceback_shows_the_users_file_line_and_text_on_a_host_without_the_file(tmp_path):
+    """Code travels with its file name, and the file's text travels with it (remote hosts lack the file)."""
+    import importlib.util
+    import linecache
+
+    import cloudpickle
+
+    from flowgraph.errors import user_traceback
+    from flowgraph.wire.pickling import dumps_code, remember_sources, source_texts
+
+    path = write_topology(tmp_path, """
+        from flowgraph import Topology
+
+        topo = Topology("far")
+
+        @topo.source
+        def numbers():
+            yield 1
+
+        @topo.sink(inputs=numbers)
+        def store(n):
+            raise LookupError("not on this host")
+    """, name="far_topology.py")
+    spec = importlib.util.spec_from_file_location("far_topology", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["far_topology"] = module
+    try:
+        spec.loader.exec_module(module)
+        topology = module.topo.spec()
+        texts = source_texts(topology)
+        cloudpickle.register_pickle_by_value(module)
+        shipped = dumps_code(topology.node("store").code)
+    finally:
+        del sys.modules["far_topology"]
+    path.unlink()
+    linecache.clearcache()
+    remember_sources(texts)
+    store = cloudpickle.loads(shipped)
+    with pytest.raises(LookupError) as caught:
+        store(1)
+    text = user_traceback(caught.value)
+    assert f'File "{path}", line 12, in store' in text
+    assert 'raise LookupError("not on this host")' in text

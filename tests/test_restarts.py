@@ -189,7 +189,7 @@ def test_a_frozen_replica_is_killed_and_restarted(tmp_path):
     assert not psutil.pid_exists(frozen.pid) or frozen.status() == psutil.STATUS_ZOMBIE
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(16))
 def test_chaos_a_random_replica_killed_at_a_random_point_loses_nothing(tmp_path, seed):
     rng = random.Random(seed)
     victim = rng.choice(["numbers", "split", "count", "store"])
@@ -312,3 +312,30 @@ def test_a_replica_stopped_for_ten_seconds_resumes_or_is_replaced_and_nothing_is
     launcher.join(120)
     assert not launcher.is_alive() and reports
     assert_at_least_once(received_in(tmp_path))
+
+
+def test_a_restarted_class_source_is_asked_to_seek_past_what_was_acknowledged(tmp_path):
+    marker, sought = tmp_path / "struck", tmp_path / "sought"
+    topo = Topology("seeking")
+
+    @topo.source
+    class Numbers:
+        def setup(self):
+            self.start = 0
+
+        def seek(self, n):
+            sought.write_text(str(n))
+            self.start = n
+
+        def generate(self):
+            for n in range(self.start, 6000):
+                if n % 200 == 0:
+                    time.sleep(0.05)  # slow enough for heartbeats to report what was acknowledged
+                if n == 4000 and once(marker):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield n
+
+    topo.sink(Received(tmp_path), inputs=Numbers, name="store")
+    run(topo, restarts=1)
+    assert_at_least_once(received_in(tmp_path), count=6000)
+    assert 0 < int(sought.read_text()) <= 4000
