@@ -6,6 +6,7 @@
 import logging as _logging
 
 from ._version import __version__ as __version__
+from .errors import CheckpointError as CheckpointError
 from .errors import FlowgraphError as FlowgraphError
 from .errors import HostError as HostError
 from .errors import Phase as Phase
@@ -32,6 +33,7 @@ from .settings import Timeouts as Timeouts
 
 __all__ = [
     "BufferSettings",
+    "CheckpointError",
     "Context",
     "DeadLetter",
     "ErrorStream",

@@ -6,7 +6,8 @@
     ├── TopologyError              the topology is wrong; nothing was started (exit 2)
     ├── RunFailed                  a replica failed or died during a run (exit 1)
     ├── RunInterrupted             Ctrl-C or SIGTERM stopped the run (exit 130 / 143)
-    └── HostError                  ssh or a remote environment is unusable (exit 2)
+    ├── HostError                  ssh or a remote environment is unusable (exit 2)
+    └── CheckpointError            a checkpoint cannot be taken or cannot serve this topology (exit 2)
 
 Every class carries the process exit code the command line uses for it as
 ``exit_code``.
@@ -48,6 +49,8 @@ class Phase(str, enum.Enum):
     """Sending output: an item its edge's serializer cannot encode, a consumer that never subscribed."""
     RUNTIME = "runtime"
     """flowgraph itself (a bug), or a replica that died or stopped answering."""
+    CHECKPOINT = "checkpoint"
+    """Taking or restoring its state for a checkpoint: a state that cannot be pickled, a ``restore()`` that raises."""
 
     def __str__(self) -> str:
         return str(self.value)
@@ -62,6 +65,7 @@ _DESCRIPTIONS = {
     Phase.LOAD: "loading its code", Phase.SETUP: "setup()", Phase.GENERATE: "generate()",
     Phase.PROCESS: "process()", Phase.FINISH: "finish()", Phase.TEARDOWN: "teardown()",
     Phase.RECEIVE: "receiving data", Phase.SEND: "sending its output", Phase.RUNTIME: "the runtime",
+    Phase.CHECKPOINT: "its checkpoint",
 }
 
 
@@ -84,6 +88,13 @@ class TopologyError(FlowgraphError):
 
 class HostError(FlowgraphError):
     """A host cannot run workers (unreachable, wrong Python, wrong version)."""
+
+    exit_code = 2
+
+
+class CheckpointError(FlowgraphError):
+    """A checkpoint cannot be taken (a state that does not pickle) or cannot serve the topology on ``--resume``
+    (a node added, removed or changed; a state that cannot be split); the message names the node."""
 
     exit_code = 2
 

@@ -125,7 +125,8 @@ def _fed(spec: TopologySpec, feed: Mapping[str, Iterable[Any]]) -> TopologySpec:
 
 @contextlib.contextmanager
 def replica_context(node: str = "node", replica: int = 0, parallelism: int = 1, host: str = "localhost",
-                    params: Mapping[str, Any] | None = None) -> Iterator[Context]:
+                    params: Mapping[str, Any] | None = None, *, checkpointing: bool = False,
+                    checkpoint: int = 0) -> Iterator[Context]:
     """Call a node's methods as replica ``replica`` of ``node`` would: ``context()`` answers with these values.
 
     For unit tests of a node class on its own, without a run; the previous
@@ -137,7 +138,8 @@ def replica_context(node: str = "node", replica: int = 0, parallelism: int = 1, 
     1 x.db
     """
     previous = current_context()
-    made = Context(node, replica, parallelism, host, dict(params or {}))
+    made = Context(node, replica, parallelism, host, dict(params or {}), checkpointing=checkpointing,
+                   checkpoint=checkpoint)
     set_context(made)
     try:
         yield made

@@ -53,6 +53,13 @@ class CountByKey:
         key = _key_of("CountByKey", self.key, item)
         self._counts[key] = self._counts.get(key, 0) + 1
 
+    def snapshot(self) -> dict[Hashable, int]:
+        """Its counts by key: with ``--checkpoint``, a ``--resume`` with another parallelism splits them by key."""
+        return dict(self._counts)
+
+    def restore(self, state: dict[Hashable, int]) -> None:
+        self._counts = dict(state)
+
     def finish(self) -> Iterator[tuple[Hashable, int]]:
         """Yield ``(key, count)`` for every key seen, sorted by key."""
         for key in _in_key_order(self._counts):
@@ -89,6 +96,13 @@ class SumByKey:
                 "convert it upstream or pass value= a function that returns a number"
             )
         self._totals[key] = self._totals.get(key, 0) + value
+
+    def snapshot(self) -> dict[Hashable, Any]:
+        """Its totals by key: with ``--checkpoint``, a ``--resume`` with another parallelism splits them by key."""
+        return dict(self._totals)
+
+    def restore(self, state: dict[Hashable, Any]) -> None:
+        self._totals = dict(state)
 
     def finish(self) -> Iterator[tuple[Hashable, Any]]:
         """Yield ``(key, total)`` for every key seen, sorted by key."""

@@ -215,8 +215,9 @@ class WriteJsonLines:
 
     With ``--restarts`` it is restarted (``restartable``) and writes its
     buffer before its lines are acknowledged (``flush()``), so lines arrive
-    at least once; a restarted replica appends to its file instead of
-    emptying it.
+    at least once; a restarted replica, or one resumed from a checkpoint,
+    appends to its file instead of emptying it (with ``--checkpoint``, what
+    it wrote after the last checkpoint is written again: at least once).
 
     >>> from flowgraph import Topology
     >>> topo = Topology("export")
@@ -261,7 +262,8 @@ class WriteJsonLines:
             path = _replica_path(path, context().replica)
         self.path = os.path.abspath(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        empty = self.per_replica and context().incarnation == 0  # a restarted replica keeps what it wrote
+        me = context()
+        empty = self.per_replica and me.incarnation == 0 and me.checkpoint == 0  # restarted, resumed: it appends
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if empty else 0)
         self._fd = os.open(self.path, flags, 0o666)
 

@@ -19,13 +19,15 @@ ALLOWED = {
     # part: the flowgraph parts its modules may import (besides their own); TYPE_CHECKING imports excepted
     "model": {"errors", "settings", "wire"},  # graph.py checks that node code can be pickled (wire.pickling)
     "wire": {"errors", "settings"},
-    "runtime": {"errors", "settings", "model", "wire"},
-    "launch": {"errors", "settings", "model", "wire", "runtime", "_version"},
+    "checkpoint": {"errors", "settings", "model", "wire"},
+    "runtime": {"errors", "settings", "model", "wire", "checkpoint"},
+    "launch": {"errors", "settings", "model", "wire", "runtime", "checkpoint", "_version"},
     "cli": {"errors", "settings", "model", "wire", "launch", "runtime", "_version"},
 }
 THIRD_PARTY = {
     "model": {"networkx"},
     "wire": {"cloudpickle", "msgpack"},
+    "checkpoint": {"cloudpickle", "msgpack"},
 }
 """What the pure parts may import outside the standard library: no zmq, nothing that opens a socket."""
 
@@ -75,9 +77,9 @@ def test_the_pure_parts_import_no_zeromq(part):
 
 def test_the_package_exports_exactly_its_public_names():
     assert flowgraph.__all__ == [
-        "BufferSettings", "Context", "DeadLetter", "ErrorStream", "FlowgraphError", "Grouping", "Handle",
-        "HostError", "NodeReport", "Phase", "Plan", "ReplicaReport", "RunFailed", "RunInterrupted", "RunReport",
-        "Timeouts", "Topology", "TopologyError", "broadcast", "by_key", "context", "run", "shuffle",
+        "BufferSettings", "CheckpointError", "Context", "DeadLetter", "ErrorStream", "FlowgraphError", "Grouping",
+        "Handle", "HostError", "NodeReport", "Phase", "Plan", "ReplicaReport", "RunFailed", "RunInterrupted",
+        "RunReport", "Timeouts", "Topology", "TopologyError", "broadcast", "by_key", "context", "run", "shuffle",
     ]
     assert all(getattr(flowgraph, name) is not None for name in flowgraph.__all__)
     assert flowgraph.testing.__all__ == ["Collected", "ListSource", "assert_same_items", "replica_context",

@@ -19,11 +19,11 @@ did each chunk) and prints the total and where the file is.
   the replicas in turn, and passes over a replica whose input buffer is full,
   so a slow worker gets fewer.
 - ``key``: a ``by_key("chunk")`` edge, consistent hashing. flowgraph's
-  by_key picks the replica from a stable hash of the key (CRC32 of its type
-  and value, the same in every process, on every host and in every run;
-  never Python's salted ``hash``), so a chunk always lands on the same
-  replica: the place to keep a cache or state per chunk. The assignment holds
-  for a given parallelism; with another number of replicas, chunks move.
+  by_key picks the replica by jump consistent hashing of a stable hash of
+  the key (of its type and value, the same in every process, on every host
+  and in every run; never Python's salted ``hash``), so a chunk always lands
+  on the same replica: the place to keep a cache or state per chunk. With
+  one replica more, only about 1/(n+1) of the chunks move.
 
 An edge's grouping is fixed when the topology is declared, while ``--set``
 is only known when it runs; so there is one source per mode, each with its

@@ -20,6 +20,8 @@ def prepare_run_arguments(parser: argparse.ArgumentParser, run_parser: argparse.
     _apply_environment(run_parser, args)
     if args.inproc and args.hosts:
         parser.error("--inproc runs every replica in this process; it cannot be combined with --hosts")
+    if args.resume and args.checkpoint and os.path.abspath(args.resume) != os.path.abspath(args.checkpoint):
+        parser.error("--resume DIR goes on checkpointing into DIR; it cannot be combined with another --checkpoint")
 
 
 def parse_params(parser: argparse.ArgumentParser, pairs: Sequence[str]) -> dict[str, str]:
@@ -51,6 +53,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     option("restarts", "restart each replica that dies, freezes, fails or loses its host up to N times, "
            "delivering again what it had not fully processed (at least once; default 0: fail fast)",
            type=_non_negative_int, metavar="N")
+    option("checkpoint", "take consistent checkpoints into DIR (with --restarts, a failure rolls back to the "
+           "last one: exactly once for class state and SQLiteStore rows)", metavar="DIR")
+    option("checkpoint-interval", "seconds between checkpoints (default 10)", type=_positive_float,
+           metavar="SECONDS")
+    option("resume", "continue the killed run whose checkpoints are in DIR, with the --set, hosts and restarts "
+           "it was started with unless given again; keeps checkpointing into DIR", metavar="DIR")
     option("quiet", "no progress while running (the summary is still printed)", action="store_true")
     option("progress-interval", "print progress as plain lines every SECONDS (instead of the live table "
            "a terminal gets)", type=_positive_float, metavar="SECONDS")

@@ -32,7 +32,10 @@ def run_command(
     inproc: bool = False,
     params: Mapping[str, str] | None = None,
     hwm: int | None = None,
-    restarts: int = 0,
+    restarts: int | None = None,
+    checkpoint: str | None = None,
+    checkpoint_interval_s: float | None = None,
+    resume: str | None = None,
     quiet: bool = False,
     progress_interval: float | None = None,
     metrics_json: str | None = None,
@@ -47,6 +50,7 @@ def run_command(
     Progress: a live table on a terminal, lines every ``progress_interval``
     seconds if given, nothing with ``quiet``. The summary table is always
     printed at the end; ``metrics_json`` is written also when the run fails.
+    ``resume`` (a checkpoint directory) continues the run kept there.
     """
     level = getattr(logging, log_level.upper())
     logging.getLogger("flowgraph").setLevel(level)
@@ -56,7 +60,9 @@ def run_command(
         try:
             report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm, restarts=restarts, hosts=hosts,
                          ssh_config=ssh_config, remote_python=remote_python, advertise=advertise,
-                         log_level=level, progress=_progress(quiet, progress_interval))
+                         log_level=level, progress=_progress(quiet, progress_interval),
+                         checkpoint=resume or checkpoint, checkpoint_interval_s=checkpoint_interval_s,
+                         resume=resume is not None)
         except (RunFailed, RunInterrupted) as caught:
             report, stopped = caught.report, caught
             raise
@@ -118,6 +124,7 @@ def write_metrics(report: RunReport, path: str, stopped: RunFailed | RunInterrup
         "error": None if stopped is None else str(stopped.args[0]),
         "startup_s": report.startup_s,
         "wall_s": report.wall_s,
+        "checkpoints_s": list(report.checkpoints_s),
         "nodes": {
             node.name: {
                 "kind": node.kind,
@@ -192,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         inproc=args.inproc,
         params=parse_params(parser, args.params),
         hwm=args.hwm,
-        restarts=args.restarts or 0,
+        restarts=args.restarts,
+        checkpoint=args.checkpoint,
+        checkpoint_interval_s=args.checkpoint_interval,
+        resume=args.resume,
         quiet=args.quiet,
         progress_interval=args.progress_interval,
         metrics_json=args.metrics_json,

@@ -67,6 +67,11 @@ class RunConfig:
     """The run's CURVE keys when it leaves this machine; None for local runs."""
     sources: Mapping[str, str] = field(default_factory=dict)
     """The text of the user's source files, for tracebacks on every host."""
+    checkpointing: bool = False
+    restore: Mapping[str, Any] = field(default_factory=dict)
+    """Each replica's part (``checkpoint.store.Part``) of the checkpoint the run starts from, by replica id."""
+    restored_from: int = 0
+    """The id of that checkpoint (0: the run starts from the beginning)."""
 
     @property
     def control_port(self) -> str:
@@ -93,6 +98,9 @@ class RunConfig:
             incarnation=incarnation,
             skip=skip,
             host=host,
+            checkpointing=self.checkpointing,
+            restore=self.restore.get(replica.id),
+            restored_from=self.restored_from,
         )
 
 

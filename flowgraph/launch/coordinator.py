@@ -19,7 +19,13 @@ the run with ``RunFailed`` naming node, replica and host, unless the
 when it registered, it gets the address book and everyone else a
 ``Rewire`` with its endpoints (its producers send it again what they kept
 for it), and once ready, the start. Messages of a replaced incarnation are
-dropped. After a failure or an interrupt, ``stop`` asks every replica to
+dropped. In a run with checkpoints (``checkpoints.Checkpointer``) the
+launcher also asks the sources for checkpoints, collects the parts, tells
+every replica to commit a complete one, and when all are done takes the
+final checkpoint and waits for every replica's commit before the
+shutdown; a lost replica there is not restarted alone: ``RollBack`` tells
+the runner to stop every replica and start them all from the last
+complete checkpoint (``roll_back``). After a failure or an interrupt, ``stop`` asks every replica to
 stop and keeps listening while they end, so the report has their last
 counters. Messages without this run's token are logged and dropped before
 anything in them is decoded.
@@ -36,13 +42,16 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..errors import Phase, RunFailed
+from ..errors import CheckpointError, Phase, RunFailed
 from ..model.plan import Plan, ReplicaPlan
 from ..runtime.security import Curve
 from ..runtime.sockets import Wiring, describe_rejection, monitor_handshakes
 from ..settings import Timeouts
 from ..wire.control import (
     AddressBook,
+    Checkpoint,
+    Commit,
+    Committed,
     Done,
     Failed,
     Heartbeat,
@@ -54,13 +63,24 @@ from ..wire.control import (
     Shutdown,
     Start,
     Stop,
+    Stored,
     decode_control,
     encode_control,
 )
 from .base import Backend, Exit
+from .checkpoints import Checkpointer
 from .supervisor import Restart, Supervisor
 
 log = logging.getLogger(__name__)
+
+
+class RollBack(Exception):
+    """A replica was lost in a run with checkpoints and has restarts left: every replica starts again from the
+    last complete checkpoint (the runner does it)."""
+
+    def __init__(self, decision: Restart) -> None:
+        super().__init__(decision.reason)
+        self.decision = decision
 
 
 @dataclass(frozen=True)
@@ -75,9 +95,14 @@ class Coordinator:
     """Drives one run: address book, start barrier, heartbeats, completion, failure, stop."""
 
     def __init__(self, context: zmq.Context, plan: Plan, token: bytes, backend: Backend, timeouts: Timeouts,
-                 curve: Curve | None = None) -> None:
+                 curve: Curve | None = None, checkpointer: Checkpointer | None = None) -> None:
         self._plan = plan
         self.supervisor = Supervisor(plan)
+        self.checkpointer = checkpointer
+        self._final: int | None = None
+        """The id of the final checkpoint, once every replica is done."""
+        self._committed: set[str] = set()
+        """Replicas that committed the final checkpoint."""
         self.on_restart: Callable[[Restart], str] | None = None
         """Starts a lost replica's new incarnation and says on which host (the runner sets it: the backend)."""
         self.placement = {replica.id: replica.host for replica in plan.replicas}
@@ -125,7 +150,7 @@ class Coordinator:
         register_deadline = time.monotonic() + timeouts.register_s
         next_beat = 0.0
         total = len(self._replicas)
-        while len(self._done) < total:
+        while not self._finished():
             self._receive(timeouts.stop_check_ms)
             now = time.monotonic()
             if now >= next_beat:
@@ -137,16 +162,66 @@ class Coordinator:
                 self._broadcast(AddressBook(self._endpoints))
                 self._book_sent = True
             if not self._start_sent and len(self._ready) == total:
-                self.started_at = time.monotonic()
+                self.started_at = self.started_at or time.monotonic()
                 self._broadcast(Start())
                 self._start_sent = True
             if not self._book_sent and now > register_deadline:
                 missing = sorted(set(self._replicas) - set(self._endpoints))
                 raise self._failure(missing[0], f"did not register within {timeouts.register_s:g} s")
+            if self.checkpointer is not None and self._start_sent:
+                self._checkpoint()
             if on_tick is not None:
                 on_tick()
+        if self.checkpointer is not None and self._final is not None:
+            self.checkpointer.store.mark_committed(self._final)
         self._broadcast(Shutdown())
         return self._done
+
+    def _finished(self) -> bool:
+        """Every replica is done (with checkpoints: and committed the final checkpoint)."""
+        if len(self._done) < len(self._replicas):
+            return False
+        return self.checkpointer is None or (self._final is not None and len(self._committed) == len(self._replicas))
+
+    def _checkpoint(self) -> None:
+        """Start a checkpoint when one is due; once every replica is done, the final one."""
+        checkpointer = self.checkpointer
+        assert checkpointer is not None
+        if len(self._done) == len(self._replicas):
+            if self._final is None:
+                self._final = checkpointer.finish()
+                self._broadcast(Commit(self._final, final=True))
+            return
+        due = checkpointer.due()
+        if due is not None:
+            checkpoint, sources = due
+            for replica_id in sources:
+                if replica_id in self._identities:
+                    self._send(replica_id, Checkpoint(checkpoint))
+
+    def roll_back(self, decision: Restart) -> None:
+        """Stop every replica (killing what does not end) and forget them: the runner starts them all again."""
+        self._stopping = True
+        self._broadcast(Stop(f"{decision.replica} was lost: rolling back to the last checkpoint"))
+        if not self._wait_for_exits(self._timeouts.stop_grace_s):
+            self._backend.kill()
+            if not self._wait_for_exits(self._timeouts.stop_grace_s):
+                raise self._failure(decision.replica, f"{decision.reason}, and the run could not be rolled back: "
+                                                      "some replicas did not end")
+        self._stopping = False
+        self.supervisor.roll_back()
+        if self.checkpointer is not None:
+            self.checkpointer.roll_back()
+        now = time.monotonic()
+        self._identities.clear()
+        self._endpoints.clear()
+        self._ready.clear()
+        self._done.clear()
+        self._committed.clear()
+        self._final = None
+        self._book_sent = self._start_sent = False
+        self._last_seen = dict.fromkeys(self._replicas, now)
+        self.ended.clear()
 
     def stop(self, reason: str) -> bool:
         """Ask every replica that ever spoke to stop; kill what is left after the grace. True if all ended.
@@ -217,12 +292,23 @@ class Coordinator:
         elif isinstance(message, Done):
             self._done[replica_id] = Finished(message.stats, envelope.attachment)
             self.live[replica_id] = message.stats
+        elif isinstance(message, Stored):
+            if self.checkpointer is not None:
+                completed = self.checkpointer.stored(replica_id, message.checkpoint, envelope.attachment,
+                                                     message.final)
+                if completed is not None:
+                    self._broadcast(Commit(completed))
+        elif isinstance(message, Committed):
+            if message.checkpoint == self._final:
+                self._committed.add(replica_id)
         elif isinstance(message, Failed):
             self.live[replica_id] = message.stats
             what = f"failed in {message.phase.description}: {message.message}"
             if self._stopping:
                 log.warning("while stopping: %s", self._failure(replica_id, what).args[0])
                 return
+            if message.phase is Phase.CHECKPOINT and message.fatal:
+                raise CheckpointError(message.message.removeprefix("CheckpointError: "))
             if message.fatal:
                 raise self._failure(replica_id, what, phase=message.phase, remote_traceback=message.traceback,
                                     item=message.item)
@@ -251,6 +337,10 @@ class Coordinator:
         decision = self.supervisor.lost(replica_id, what.split("\n", 1)[0], phase, host_lost)
         if isinstance(decision, str):
             raise self._failure(replica_id, what + decision, phase=phase, **details)
+        if self.checkpointer is not None:
+            log.warning("rolling back every replica to checkpoint %d: %s %s", self.checkpointer.completed,
+                        replica_id, decision.reason)
+            raise RollBack(decision)
         log.warning("restarting %s (incarnation %d): %s", replica_id, decision.incarnation, decision.reason)
         identity = self._identities.pop(replica_id, None)
         if identity is not None:  # a thread cannot be killed: the replaced incarnation is asked to stop

@@ -12,8 +12,10 @@ failure or an interrupt, stop everything and attach a partial report) and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
+import os
 import secrets
 import signal
 import time
@@ -23,7 +25,9 @@ from typing import Any, Protocol
 
 import zmq
 
-from ..errors import HostError, RunFailed, RunInterrupted, TopologyError
+from ..checkpoint.compat import fingerprint
+from ..checkpoint.store import CheckpointStore
+from ..errors import CheckpointError, HostError, RunFailed, RunInterrupted, TopologyError
 from ..model.dsl import NodeKind, Topology, TopologySpec
 from ..model.plan import Plan, plan_run, replica_id
 from ..model.report import NodeReport, ReplicaReport, RunReport
@@ -32,9 +36,11 @@ from ..settings import BufferSettings, Timeouts
 from ..wire.control import ReplicaStats
 from ..wire.pickling import dump_for_workers, source_texts
 from .base import Backend, RunConfig
-from .coordinator import Coordinator, Finished
+from .checkpoints import DEFAULT_INTERVAL_S, Checkpointer
+from .coordinator import Coordinator, Finished, RollBack
 from .inproc import InprocBackend
 from .local import LocalBackend
+from .resume import SAVED, StartingPoint, hosts_parameter, saved_parameters, starting_point
 from .ssh import SshBackend, SshSettings
 from .supervisor import Restart
 
@@ -64,7 +70,10 @@ def run(
     advertise: str | None = None,
     progress: Callable[[Plan], Progress] | None = None,
     timeouts: Timeouts | None = None,
-    restarts: int = 0,
+    restarts: int | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_interval_s: float | None = None,
+    resume: bool = False,
 ) -> RunReport:
     """Run ``topology`` to its end and return a ``RunReport``.
 
@@ -84,6 +93,13 @@ def run(
     what, in the launcher and in every worker. ``restarts`` lets each
     replica be restarted that many times (a node's ``restarts=`` wins):
     what it had not fully processed is delivered again, at least once.
+    ``checkpoint`` (a directory) takes a checkpoint every
+    ``checkpoint_interval_s`` (default 10) into it; with ``restarts``, a
+    failure rolls every replica back to the last complete one (exactly
+    once for class state and ``SQLiteStore`` rows). ``resume=True``
+    continues the run whose checkpoints are there, with the parameters it
+    was started with unless given again (``params``, ``hosts``,
+    ``restarts``, ``checkpoint_interval_s``).
 
     Raises ``TopologyError`` before anything starts if the topology is
     invalid, ``HostError`` if a host cannot run workers; ``RunFailed``
@@ -102,14 +118,31 @@ def run(
     >>> run(topo, inproc=True, progress=None).status  # doctest: +SKIP
     'ok'
     """
+    store = None if checkpoint is None else CheckpointStore(checkpoint)
+    given: dict[str, Any] = {"params": dict(params) if params else None, "hosts": hosts_parameter(hosts),
+                             "restarts": restarts, "checkpoint_interval_s": checkpoint_interval_s,
+                             "ssh_config": ssh_config, "remote_python": remote_python, "advertise": advertise}
+    if resume:
+        if store is None:
+            raise CheckpointError("resume=True continues the run of a checkpoint directory: give checkpoint=DIR")
+        given = saved_parameters(store, given)
     settings = _RunSettings(
-        hosts=hosts, inproc=inproc, params=dict(params or {}), hwm=hwm, buffers=buffers, collect=frozenset(collect),
-        log_level=log_level, ssh=SshSettings(ssh_config, remote_python, advertise), timeouts=timeouts or Timeouts(),
-        restarts=restarts,
+        hosts=given["hosts"], inproc=inproc, params=dict(given["params"] or {}), hwm=hwm, buffers=buffers,
+        collect=frozenset(collect), log_level=log_level,
+        ssh=SshSettings(given["ssh_config"], given["remote_python"], given["advertise"]),
+        timeouts=timeouts or Timeouts(), restarts=given["restarts"] or 0,
+        checkpoint_interval_s=given["checkpoint_interval_s"] or DEFAULT_INTERVAL_S,
     )
-    spec, plan = _prepare(topology, settings)
+    spec, plan = _prepare(topology, settings, checkpointing=store is not None)
+    start = StartingPoint()
+    if store is not None:
+        start = starting_point(store, plan, fingerprint(spec), resume)
+        if start.finished:
+            return _already_finished(plan, settings, store, start)
+        store.save_run({**{name: given[name] for name in SAVED}, "checkpoint_interval_s":
+                        settings.checkpoint_interval_s, "restarts": settings.restarts, "topology": spec.name})
     with contextlib.ExitStack() as stack:
-        launch = _open(stack, spec, plan, settings)
+        launch = _open(stack, spec, plan, settings, store, start)
         view = progress(plan) if progress is not None else None
         if view is not None:
             stack.callback(view.close)
@@ -131,6 +164,7 @@ class _RunSettings:
     ssh: SshSettings
     timeouts: Timeouts
     restarts: int
+    checkpoint_interval_s: float = DEFAULT_INTERVAL_S
 
 
 @dataclass
@@ -156,17 +190,23 @@ class _Launch:
     workers: _Workers
     launched: float
     """``time.monotonic()`` before any worker started."""
+    interval_s: float = DEFAULT_INTERVAL_S
+    """How often it takes a checkpoint (with ``--checkpoint``)."""
     ended: float = 0.0
     """``time.monotonic()`` when the run ended (0 while it runs)."""
 
 
-def _prepare(topology: Topology | TopologySpec, settings: _RunSettings) -> tuple[TopologySpec, Plan]:
+def _prepare(topology: Topology | TopologySpec, settings: _RunSettings,
+             checkpointing: bool = False) -> tuple[TopologySpec, Plan]:
     """Validate and plan: raises ``TopologyError`` or ``HostError`` before anything starts."""
     spec = topology.spec() if isinstance(topology, Topology) else topology
     if isinstance(settings.restarts, bool) or not isinstance(settings.restarts, int) or settings.restarts < 0:
         raise TopologyError(f"restarts={settings.restarts!r}; it must be an integer >= 0")
+    interval = settings.checkpoint_interval_s
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+        raise TopologyError(f"checkpoint_interval_s={interval!r}; it must be a number of seconds > 0")
     plan = plan_run(spec, hosts=settings.hosts, buffers=settings.buffers, hwm=settings.hwm,
-                    restarts=settings.restarts)
+                    restarts=settings.restarts, checkpointing=checkpointing)
     unknown = sorted(settings.collect - {node.name for node in plan.nodes})
     if unknown:
         raise TopologyError(f"cannot collect from {', '.join(map(repr, unknown))}: "
@@ -176,7 +216,8 @@ def _prepare(topology: Topology | TopologySpec, settings: _RunSettings) -> tuple
     return spec, plan
 
 
-def _open(stack: contextlib.ExitStack, spec: TopologySpec, plan: Plan, settings: _RunSettings) -> _Launch:
+def _open(stack: contextlib.ExitStack, spec: TopologySpec, plan: Plan, settings: _RunSettings,
+          store: CheckpointStore | None = None, start: StartingPoint | None = None) -> _Launch:
     """Probe the hosts (``HostError`` before anything starts), then make what drives the run, closed by ``stack``."""
     timeouts = settings.timeouts
     plan_blob, node_blobs = dump_for_workers(spec, plan)
@@ -198,15 +239,19 @@ def _open(stack: contextlib.ExitStack, spec: TopologySpec, plan: Plan, settings:
         if hosts_backend is None:
             stack.callback(backend.close)
     token = secrets.token_bytes(16)
-    coordinator = Coordinator(context, plan, token, backend, timeouts, curve)
+    checkpointer = None if store is None else Checkpointer(store, plan, fingerprint(spec),
+                                                             settings.checkpoint_interval_s)
+    coordinator = Coordinator(context, plan, token, backend, timeouts, curve, checkpointer)
     stack.callback(coordinator.close)
+    start = start or StartingPoint()
     config = RunConfig(
         token=token, control=coordinator.endpoint, plan=plan_blob, nodes=node_blobs, timeouts=timeouts,
         params=settings.params, collect=settings.collect, log_level=settings.log_level, curve=curve,
-        sources=source_texts(spec),
+        sources=source_texts(spec), checkpointing=store is not None, restore=start.parts,
+        restored_from=start.checkpoint,
     )
     coordinator.on_restart = functools.partial(_restart, plan, backend, config, coordinator)
-    return _Launch(plan, backend, coordinator, config, workers, time.monotonic())
+    return _Launch(plan, backend, coordinator, config, workers, time.monotonic(), settings.checkpoint_interval_s)
 
 
 def _restart(plan: Plan, backend: Backend, config: RunConfig, coordinator: Coordinator, decision: Restart) -> str:
@@ -230,12 +275,20 @@ def _drive(launch: _Launch, view: Progress | None) -> dict[str, Finished]:
     try:
         workers.running = True
         backend.start(launch.plan.replicas, launch.config)
-        finished = coordinator.serve(on_tick=on_tick)
+        while True:
+            try:
+                finished = coordinator.serve(on_tick=on_tick)
+                break
+            except RollBack as rollback:
+                _roll_back(launch, rollback.decision)
         workers.running = not backend.wait(launch.config.timeouts.shutdown_s)
         if workers.running:
             log.warning("some replicas did not exit after shutdown; killing them")
             backend.kill()
         return finished
+    except CheckpointError:
+        workers.running = not coordinator.stop("a checkpoint cannot be taken")
+        raise
     except RunFailed as failure:
         workers.running = not coordinator.stop(f"{failure.node}/{failure.replica} failed")
         failure.report = _partial_report(launch, "failed", failure)
@@ -250,6 +303,36 @@ def _drive(launch: _Launch, view: Progress | None) -> dict[str, Finished]:
     except BaseException:
         workers.running = not coordinator.stop("the launcher failed")
         raise
+
+
+def _roll_back(launch: _Launch, decision: Restart) -> None:
+    """Stop every replica and start them all again from the newest complete checkpoint (the lost one first, on
+    another host if its own was lost)."""
+    coordinator, plan = launch.coordinator, launch.plan
+    coordinator.roll_back(decision)
+    checkpointer = coordinator.checkpointer
+    assert checkpointer is not None, "only a run with checkpoints rolls back"
+    start = starting_point(checkpointer.store, plan, checkpointer.fingerprint, resume=True)
+    launch.config = dataclasses.replace(launch.config, restore=start.parts, restored_from=start.checkpoint)
+    lost = plan.replica(*_split_id(decision.replica))
+    for replica in (lost, *(replica for replica in plan.replicas if replica.id != lost.id)):
+        incarnation = coordinator.supervisor.incarnation(replica.id)
+        coordinator.placement[replica.id] = launch.backend.restart(
+            replica, launch.config, incarnation, 0, decision.host_lost and replica is lost)
+
+
+def _split_id(replica: str) -> tuple[str, int]:
+    node, _, index = replica.rpartition("/")
+    return node, int(index)
+
+
+def _already_finished(plan: Plan, settings: _RunSettings, store: CheckpointStore, start: StartingPoint) -> RunReport:
+    """The report of a resumed run that had finished: nothing was started."""
+    mode = "inproc" if settings.inproc else "local" if plan.is_local else "hosts"
+    log.warning("the run in %s had finished (checkpoint %d committed): nothing to do", store.directory,
+                start.checkpoint)
+    return RunReport(plan.topology, mode, {}, startup_s=0.0, wall_s=0.0, status="already finished",
+                     guarantee=_guarantee(plan, settings.checkpoint_interval_s, store))
 
 
 def _collected(plan: Plan, finished: Mapping[str, Finished]) -> dict[str, tuple[tuple[Any, ...], ...]]:
@@ -306,8 +389,21 @@ def _report(plan: Plan, launch: _Launch, stats: Mapping[str, ReplicaStats], stat
             ))
         nodes[node.name] = NodeReport(node.name, node.kind.value, tuple(replicas))
     started = launch.coordinator.started_at or ended
-    budget = max((node.restarts for node in plan.nodes), default=0)
-    guarantee = f"at least once (each replica restarted up to {budget} times)" if plan.recoverable else (
-        "exactly once without failures; fail fast")
+    checkpointer = launch.coordinator.checkpointer
+    store = None if checkpointer is None else checkpointer.store
     return RunReport(plan.topology, launch.backend.mode, nodes, startup_s=started - launch.launched,
-                     wall_s=ended - launch.launched, collected=collected or {}, status=status, guarantee=guarantee)
+                     wall_s=ended - launch.launched, collected=collected or {}, status=status,
+                     guarantee=_guarantee(plan, launch.interval_s, store),
+                     checkpoints_s=() if checkpointer is None else tuple(checkpointer.durations_s))
+
+
+def _guarantee(plan: Plan, interval_s: float, store: CheckpointStore | None) -> str:
+    budget = max((node.restarts for node in plan.nodes), default=0)
+    if store is not None:
+        rollback = (f"a failure rolls back to the last one (up to {budget} times a replica)" if budget else
+                    "fail fast; --resume continues from the last one")
+        return (f"exactly once for class state and SQLiteStore rows, other sinks at least once (checkpoints every "
+                f"{interval_s:g} s into {store.directory}; {rollback})")
+    if plan.recoverable:
+        return f"at least once (each replica restarted up to {budget} times)"
+    return "exactly once without failures; fail fast"

@@ -40,6 +40,8 @@ class Supervisor:
     def __init__(self, plan: Plan) -> None:
         self._nodes = {node.name: node for node in plan.nodes}
         self._records = {replica.id: _Record() for replica in plan.replicas}
+        self._checkpointing = plan.checkpointing
+        """A failure rolls every replica back to a checkpoint: state is restored, so every node may restart."""
 
     def incarnation(self, replica_id: str) -> int:
         """The replica's current incarnation (0 until its first restart)."""
@@ -66,7 +68,7 @@ class Supervisor:
             return ""
         if phase is Phase.LOAD:
             return "; not restarted: its code cannot be loaded there, and would not be the next time"
-        if not node.restartable:
+        if not node.restartable and not self._checkpointing:
             return (f"; not restarted: {node.kind.value} {node.name!r} keeps state a restart would lose (declare "
                     "restartable = True on its class if its setup() rebuilds all it needs)")
         if len(record.reasons) >= node.restarts:
@@ -75,3 +77,10 @@ class Supervisor:
         record.incarnation += 1
         record.reasons.append(reason)
         return Restart(replica_id, record.incarnation, reason, host_lost)
+
+    def roll_back(self) -> None:
+        """Every replica is started again (from a checkpoint): each is a new incarnation; only the one that was
+        lost (``lost`` counted it already) spends its budget."""
+        newest = max(record.incarnation for record in self._records.values())
+        for record in self._records.values():
+            record.incarnation = newest

@@ -168,6 +168,9 @@ class Plan:
     buffers: BufferSettings = field(default_factory=BufferSettings)
     spare_hosts: tuple[Host, ...] = ()
     """With restarts: hosts of the run that run no replica, where a replica whose host is lost may go."""
+    checkpointing: bool = False
+    """A run with ``--checkpoint``: barriers flow, and a failure rolls every replica back to a checkpoint
+    (so edges are not acknowledged)."""
 
     def host_or_spare(self, name: str) -> Host:
         """The host called ``name``, among those that run replicas or the spare ones."""
@@ -183,8 +186,11 @@ class Plan:
 
     @property
     def recoverable(self) -> bool:
-        """Some replica may be restarted: every edge is then acknowledged (``EdgePlan.acked``)."""
-        return any(node.restarts > 0 for node in self.nodes)
+        """Some replica may be restarted alone: every edge is then acknowledged (``EdgePlan.acked``).
+
+        With checkpoints a failure rolls back every replica instead, and nothing is acknowledged.
+        """
+        return not self.checkpointing and any(node.restarts > 0 for node in self.nodes)
 
     def host(self, name: str) -> Host:
         """The host called ``name``; ``KeyError`` naming the plan's hosts if no replica runs there."""
@@ -243,13 +249,15 @@ def plan_run(
     buffers: BufferSettings | None = None,
     hwm: int | None = None,
     restarts: int = 0,
+    checkpointing: bool = False,
 ) -> Plan:
     """Validate ``spec`` and compute its plan; raises ``TopologyError`` (or ``HostError``).
 
     Settings: ``buffers`` (the run's) replace the topology's; ``hwm``
     overrides the high-water mark; an edge's own settings win over both.
     ``restarts`` is the run's restart budget per replica (a node's
-    ``restarts=`` wins); with any budget, every edge is acknowledged.
+    ``restarts=`` wins); with any budget, every edge is acknowledged, unless
+    ``checkpointing`` (a failure then rolls back every replica to a checkpoint).
 
     Placement: the replicas of nodes without ``hosts=`` are dealt round
     robin, in plan order, over ``hosts`` (default: this machine; a host with
@@ -261,7 +269,8 @@ def plan_run(
     order = topological_order(spec)
     run_hosts = _hosts(hosts) if hosts else (Host(LOCALHOST),)
     nodes = tuple(_node(spec.node(name), index, restarts) for index, name in enumerate(order))
-    acked = any(node.restarts > 0 for node in nodes)
+    restartable = any(node.restarts > 0 for node in nodes)
+    acked = restartable and not checkpointing
     parallelism = {node.name: node.parallelism for node in nodes}
     base = buffers or BufferSettings().with_overrides(dict(spec.settings))
     if hwm is not None:
@@ -286,9 +295,9 @@ def plan_run(
     used = {replica.host for replica in replicas}
     every_host = {host.name: host for host in [*run_hosts, *(_pinned(name, run_hosts) for node in spec.nodes
                                                            for name in node.hosts)]}
-    spares = tuple(host for name, host in every_host.items() if name not in used) if acked else ()
+    spares = tuple(host for name, host in every_host.items() if name not in used) if restartable else ()
     return Plan(spec.name, nodes, edges, tuple(replicas),
-                tuple(host for name, host in every_host.items() if name in used), base, spares)
+                tuple(host for name, host in every_host.items() if name in used), base, spares, checkpointing)
 
 
 def _node(spec: NodeSpec, index: int, restarts: int) -> NodePlan:

@@ -108,7 +108,8 @@ class NodeReport:
         return max(r.wall_s for r in self.replicas)
 
 
-_OUTCOMES = {"ok": "done in", "failed": "failed after", "interrupted": "interrupted after"}
+_OUTCOMES = {"ok": "done in", "failed": "failed after", "interrupted": "interrupted after",
+             "already finished": "had finished already; nothing ran:"}
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,12 @@ class RunReport:
     collected: Mapping[str, tuple[tuple[Any, ...], ...]] = field(default_factory=dict)
     """For nodes named in ``run(collect=...)``: the items each replica received, in arrival order."""
     status: str = "ok"
-    """How the run ended: ``ok``, ``failed`` or ``interrupted``."""
+    """How the run ended: ``ok``, ``failed`` or ``interrupted``; ``already finished`` for ``--resume`` of a run that
+    had finished (nothing ran)."""
     guarantee: str = "exactly once without failures; fail fast"
-    """What it delivered under: fail fast (the default), or at least once with restarts."""
+    """What it delivered under: fail fast (the default), at least once with restarts, checkpoints."""
+    checkpoints_s: tuple[float, ...] = ()
+    """With ``--checkpoint``: how long each complete checkpoint took, from its request to its manifest."""
 
     def __getitem__(self, node: str) -> NodeReport:
         return self.nodes[node]
@@ -147,6 +151,9 @@ class RunReport:
         The columns of the error policies (errors, retries, skipped, dead)
         are there when some replica counted any.
         """
+        if self.status == "already finished":
+            return (f"topology {self.topology!r}: the run in its checkpoint directory had finished already; nothing "
+                    f"ran\ndelivery: {self.guarantee}")
         columns = list(_COLUMNS)
         if any(getattr(r, field) for node in self for r in node.replicas for _, field, _, _ in _POLICY_COLUMNS):
             columns += _POLICY_COLUMNS
@@ -171,6 +178,10 @@ class RunReport:
         if restarted:
             replayed = sum(node.replayed for node in self)
             lines.append(f"{sum(r.restarts for r in restarted)} restarts, {replayed} items replayed")
+        if self.checkpoints_s:
+            durations = sorted(self.checkpoints_s)
+            lines.append(f"{len(durations)} checkpoints, each took {durations[len(durations) // 2]:.3f} s "
+                         f"(median), {durations[-1]:.3f} s at most")
         return "\n".join(lines)
 
 

@@ -37,6 +37,12 @@ class WorkerConfig:
     """A restarted source: how many of its items were acknowledged already."""
     host: str | None = None
     """The host it runs on, when a restart moved it off the planned one."""
+    checkpointing: bool = False
+    """A run with ``--checkpoint``: it takes part in checkpoints (``runtime.snapshots``)."""
+    restore: Any = None
+    """Its part (a ``checkpoint.store.Part``) of the checkpoint it starts from, or None."""
+    restored_from: int = 0
+    """The id of the checkpoint the run starts from (0: the beginning)."""
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: bool = False
     """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""

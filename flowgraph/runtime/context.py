@@ -17,10 +17,12 @@ class Context:
     The object lives as long as the replica; ``input`` changes with every item.
     """
 
-    __slots__ = ("node", "replica", "parallelism", "host", "input", "params", "incarnation")
+    __slots__ = ("node", "replica", "parallelism", "host", "input", "params", "incarnation", "checkpointing",
+                 "checkpoint")
 
     def __init__(
-        self, node: str, replica: int, parallelism: int, host: str, params: Mapping[str, Any], incarnation: int = 0
+        self, node: str, replica: int, parallelism: int, host: str, params: Mapping[str, Any], incarnation: int = 0,
+        checkpointing: bool = False, checkpoint: int = 0,
     ) -> None:
         self.node = node
         """Name of the node this replica belongs to."""
@@ -36,6 +38,14 @@ class Context:
         """The run's parameters: ``--set KEY=VALUE`` (values are strings) or ``run(params=...)``."""
         self.incarnation = incarnation
         """How often this replica was restarted before (``--restarts``): 0 for its first start."""
+        self.checkpointing = checkpointing
+        """True in a run with ``--checkpoint``: a sink with commit hooks stages what it writes (``nodes.sqlite``)."""
+        self.checkpoint = checkpoint
+        """The id of the last checkpoint whose barrier this replica passed, or that it was restored from (0: none).
+
+        What a replica writes now belongs after that checkpoint: a two-phase
+        sink tags what it stages with it (see ``docs/checkpoints.md``).
+        """
 
     def __repr__(self) -> str:
         return (

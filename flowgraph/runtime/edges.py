@@ -136,6 +136,9 @@ class OutputEdge(Protocol):
     def rewire(self, context: zmq.Context, consumer: int, incarnation: int, endpoint: str) -> None:
         """Consumer replica ``consumer`` was restarted at ``endpoint``: send it again all it was sent and kept."""
 
+    def send_barrier(self, checkpoint: int) -> None:
+        """Flush, then send the barrier of ``checkpoint`` to every consumer replica, behind the data."""
+
     def send_eos(self) -> None:
         """Flush, then send end of stream to every consumer replica, behind the data."""
 
@@ -423,6 +426,15 @@ class BatchingEdge:
 
     def restarted(self, consumer: int) -> None:
         """``consumer`` is a new incarnation: forget what the old one granted (a demand-driven shuffle)."""
+
+    def send_barrier(self, checkpoint: int) -> None:
+        """Barriers are never kept: a run with checkpoints rolls back and acknowledges nothing."""
+        assert not self.plan.acked, "a run with checkpoints acknowledges nothing"
+        self.flush()
+        for index in range(len(self.sockets)):
+            seq = self.seq[index]
+            self.seq[index] = seq + 1
+            self.send_waiting(index, message(self._header(Kind.BARRIER, seq, checkpoint), []))
 
     def send_eos(self) -> None:
         self.flush()

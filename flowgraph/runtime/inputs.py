@@ -3,6 +3,13 @@
 ``Inputs`` checks every message (header and token before any unpickling),
 keeps per-producer sequence numbers, counts end-of-stream marks and grants
 credit to the producers of demand-driven shuffle inputs (``demand``).
+
+Checkpoint barriers are aligned (``alignment``): once checkpoint n is
+aligned, ``receive`` returns ``Barrier(n)`` (the replica stores its part
+and forwards the barrier), then what was held back meanwhile. A held batch
+is not decoded and its credit not granted until it is delivered, so while
+a checkpoint aligns, the memory it holds is bounded by what the aligned
+producers can send meanwhile (credit bounds a demand-driven shuffle's).
 Waiting also watches the replica's control pipe, so a stop request
 interrupts a replica blocked on an empty input.
 """
@@ -19,8 +26,9 @@ import zmq
 from ..model.plan import IN_SLOT, ConnectPlan, Plan, ReplicaPlan, replica_id
 from ..settings import BufferSettings
 from ..wire import serializers
-from ..wire.frames import Kind, Sender, decode_header, identification, split, topic
+from ..wire.frames import Header, Kind, Sender, decode_header, identification, split, topic
 from .acks import Acknowledger
+from .alignment import Alignment, AlignmentError
 from .counters import Counters
 from .demand import Grants
 from .edges import AddressBook
@@ -30,7 +38,7 @@ from .sockets import Wiring, ready_to_read, recv_frames
 
 log = logging.getLogger(__name__)
 
-_DATA = (Kind.BATCH, Kind.EOS, Kind.POISON)
+_DATA = (Kind.BATCH, Kind.EOS, Kind.POISON, Kind.BARRIER)
 """What may arrive on a data socket (credit and acknowledgements go the other way)."""
 
 
@@ -45,6 +53,16 @@ class Batch(NamedTuple):
     seq: int
     poison: bool = False
     """Its one item killed this replica every time (``keeping``): it is set aside, not processed."""
+
+
+class Barrier(NamedTuple):
+    """Every input delivered the barrier of ``checkpoint`` (or ended): the replica's state now belongs to it."""
+
+    checkpoint: int
+
+
+_Message = tuple[Header, list[Any]]
+"""A checked message (its header and payload frames), as the alignment holds it."""
 
 
 class Inputs:
@@ -74,6 +92,7 @@ class Inputs:
         self._replica = replica
         self.eos_expected = replica.eos_expected
         self._ended: set[Sender] = set()
+        self._alignment: Alignment[_Message] = Alignment(self._producers)
         self._next_seq: dict[Sender, int] = {}
         self._rejected = 0
         self._pull: zmq.Socket | None = None
@@ -86,8 +105,8 @@ class Inputs:
 
     @property
     def is_done(self) -> bool:
-        """True once end of stream arrived from every upstream replica on every input edge."""
-        return len(self._ended) >= self.eos_expected
+        """True once end of stream arrived from every upstream replica on every input edge (and was taken)."""
+        return len(self._ended) >= self.eos_expected and self._alignment.idle
 
     def bound_sockets(self) -> list[zmq.Socket]:
         """The sockets this side binds (strangers can connect to them)."""
@@ -148,22 +167,26 @@ class Inputs:
         self._grants.rewire(context, producer_id, endpoints)
         self.acks.rewire(context, producer_id, endpoints)
 
-    def receive(self) -> Batch | None:
-        """The next batch, or None if none is waiting now.
+    def receive(self) -> Batch | Barrier | None:
+        """The next batch, or an aligned checkpoint's ``Barrier``, or None if none is waiting now.
 
-        End-of-stream marks and rejected messages are consumed on the way.
+        End-of-stream marks, barriers not aligned yet and rejected messages are consumed on the way.
         """
+        if not self._alignment.idle:
+            found = self._release()
+            if found is not None:
+                return found
         count = len(self._sockets)
         for _ in range(count):
             socket = self._sockets[self._turn]
             self._turn = (self._turn + 1) % count  # take turns, so no input starves another
             while ready_to_read(socket):
-                batch = self._accept(recv_frames(socket, zmq.NOBLOCK))
-                if batch is not None:
-                    return batch
+                found = self._found(self._accept(recv_frames(socket, zmq.NOBLOCK)))
+                if found is not None:
+                    return found
         return None
 
-    def wait_receive(self, wait_ms: int) -> Batch | None:
+    def wait_receive(self, wait_ms: int) -> Batch | Barrier | None:
         """Like ``receive``, but first waits up to about ``wait_ms`` for a message; raises ``Stopped``.
 
         Call it when ``receive`` gave None and ``is_done`` is still False.
@@ -171,7 +194,7 @@ class Inputs:
         self._grants.retry()
         if len(self._sockets) == 1 and not self._watched:
             frames = self._recv_waiting(self._sockets[0], wait_ms)
-            return None if frames is None else self._accept(frames)
+            return None if frames is None else self._found(self._accept(frames))
         events = dict(self._poller.poll(wait_ms))
         if self._control.socket in events:
             self._control.raise_if_stopped()
@@ -218,12 +241,45 @@ class Inputs:
                 f"from {upstream}/{header.replica}: expected batch #{expected}, got #{header.seq}"
             )
         self._next_seq[producer] = expected + 1
+        if self._alignment.holds(producer):
+            self._alignment.hold(producer, (header, payload))
+            return None
+        return self._deliver(header, payload)
+
+    def _deliver(self, header: Header, payload: list[Any]) -> Batch | None:
+        """Apply a checked message in its turn: the batch it carries, or None (end of stream, a barrier)."""
+        producer = header.sender
         if header.kind == Kind.EOS:
             self._ended.add(producer)
+            self._alignment.ended(producer)
+            return None
+        if header.kind == Kind.BARRIER:
+            try:
+                self._alignment.barrier(producer, header.items)
+            except AlignmentError as error:
+                raise ProtocolError(f"from {self._names[header.node, header.port]}/{header.replica}: {error}") from None
             return None
         self._grants.received(producer, header.items)
-        return Batch(upstream, serializers.decode_items(header.serializer, payload), producer, header.incarnation,
-                     header.seq, header.kind == Kind.POISON)
+        return Batch(self._names[header.node, header.port], serializers.decode_items(header.serializer, payload),
+                     producer, header.incarnation, header.seq, header.kind == Kind.POISON)
+
+    def _found(self, batch: Batch | None) -> Batch | Barrier | None:
+        """What ``receive`` returns after taking one message: an aligned barrier first."""
+        aligned = self._alignment.take_aligned()
+        return batch if aligned is None else Barrier(aligned)
+
+    def _release(self) -> Batch | Barrier | None:
+        """The aligned barrier, then the messages held during the alignment, in order."""
+        while True:
+            found = self._found(None)
+            if found is not None:
+                return found
+            released = self._alignment.next_released()
+            if released is None:
+                return None
+            batch = self._deliver(*released)
+            if batch is not None:
+                return self._found(batch)
 
     def _restarted(self, producer: Sender, incarnation: int) -> None:
         """``producer`` is a new incarnation: its numbering starts again, and so does its end of stream."""

@@ -69,11 +69,6 @@ class Keeper:
         self._kept.append(message)
         return not self.probing
 
-    def dropped(self, message: Sent) -> None:
-        """``message`` (the newest) could not be sent after all: forget it."""
-        assert self._kept and self._kept[-1] is message
-        self._kept.pop()
-
     def acknowledged(self, seq: int) -> None:
         """The consumer is done with every message up to ``seq`` (end of stream stays: a restart needs it)."""
         kept = self._kept

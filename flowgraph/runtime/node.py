@@ -19,7 +19,7 @@ from .context import Context
 from .counters import Counters
 from .failures import Failure, ProtocolError, Stopped
 from .guard import ItemGuard, set_aside
-from .inputs import Inputs
+from .inputs import Barrier, Batch, Inputs
 from .operator import Operator
 from .outputs import Outputs
 from .slices import next_slice
@@ -30,14 +30,16 @@ _NONE = type(None)
 def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: Counters, context: Context,
                flush: Callable[[], None], flush_idle: Callable[[], None], idle_wait_ms: int,
                collect: Callable[[list[Any]], None] | None,
-               policy: ErrorPolicy, guard: ItemGuard | None = None) -> None:
+               policy: ErrorPolicy, guard: ItemGuard | None = None,
+               barrier: Callable[[int], None] | None = None) -> None:
     """Run ``operator.process`` on every item until end of stream from every upstream replica.
 
     ``flush`` sends partial batches and looks for a stop (``flush_idle``
     when no input waits); ``collect`` (for
     ``flowgraph.testing``) gets every batch received; ``guard``, for a node
     whose error ``policy`` catches anything, runs each item under it; a
-    poison item is set aside as the policy says. Raises ``Failure``.
+    poison item is set aside as the policy says; ``barrier`` gets each
+    aligned checkpoint (its id) between batches. Raises ``Failure``.
     """
     has_outputs = outputs.emits_items
     acks = inputs.acks if inputs.acks.active else None
@@ -55,6 +57,11 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
             raise Failure(Phase.RECEIVE, error) from error
         if batch is None:
             continue
+        if type(batch) is Barrier:
+            assert barrier is not None, "barriers come only in a run with checkpoints"
+            barrier(batch.checkpoint)
+            continue
+        assert type(batch) is Batch
         items = batch.items
         context.input = batch.upstream
         if batch.poison:

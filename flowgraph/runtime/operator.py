@@ -38,6 +38,8 @@ class Operator:
     """A sink's ``flush()``: make what it was given durable (called before its input is acknowledged)."""
     seek: Callable[[int], Any] | None = None
     """A class source's ``seek(n)``: start after its first ``n`` items (a restarted source)."""
+    instance: Any = None
+    """The replica's instance of a class (or its copy of an object); None for a function (``snapshots``)."""
 
 
 def make_operator(node: NodeSpec) -> Operator:
@@ -57,6 +59,7 @@ def make_operator(node: NodeSpec) -> Operator:
         yields=inspect.isgeneratorfunction(process),
         flush=getattr(instance, "flush", None) if node.kind is NodeKind.SINK else None,
         seek=getattr(instance, "seek", None) if node.kind is NodeKind.SOURCE else None,
+        instance=instance,
     )
 
 

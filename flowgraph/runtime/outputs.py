@@ -117,6 +117,12 @@ class Outputs:
         """Items sent again to restarted consumer replicas, all edges together."""
         return sum(edge.replayed for edge in self.edges)
 
+    def send_barrier(self, checkpoint: int) -> None:
+        """Flush, then send the barrier of ``checkpoint`` on every socket, behind the data."""
+        for edge in self.edges:
+            edge.send_barrier(checkpoint)
+        self.deadline = time.monotonic() + self.linger_s
+
     def send_eos(self) -> None:
         """Flush, then send end of stream on every socket, behind the data."""
         for edge in self.edges:

@@ -6,7 +6,8 @@ Both ends live in one process, so messages cross it pickled as they are.
 A ``Stop`` from the launcher is raised as ``Stopped`` wherever the replica
 looks at the pipe, which it does whenever it waits for anything; a
 ``Rewire`` (a peer was restarted) is kept until the replica takes it
-(``take_rewires``) at a point where it can reconnect.
+(``take_rewires``) at a point where it can reconnect; so are ``Checkpoint``
+and ``Commit`` (``take_checkpoints``), taken between items.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import zmq
 
 from ..wire import serializers
-from ..wire.control import Message, Rewire, Stop
+from ..wire.control import Checkpoint, Commit, Message, Rewire, Stop
 from .failures import Stopped
 from .sockets import ready_to_read
 
@@ -56,6 +57,7 @@ class ControlPipe:
         self.socket = socket
         self._replica_id = replica_id
         self._rewires: list[Rewire] = []
+        self._checkpoints: list[Checkpoint | Commit] = []
 
     def receive(self, timeout_ms: int | None) -> Message | None:
         """The next message from the launcher, or None on timeout; raises ``Stopped`` on a stop, keeps a rewire."""
@@ -67,6 +69,9 @@ class ControlPipe:
         if isinstance(message, Rewire):
             self._rewires.append(message)
             return None
+        if isinstance(message, (Checkpoint, Commit)):
+            self._checkpoints.append(message)
+            return None
         return message  # type: ignore[no-any-return]  # the agent sends only Messages
 
     def take_rewires(self) -> list[Rewire]:
@@ -74,6 +79,17 @@ class ControlPipe:
         self.raise_if_stopped()
         rewires, self._rewires = self._rewires, []
         return rewires
+
+    def take_checkpoints(self) -> list[Checkpoint | Commit]:
+        """The checkpoint requests and commits that came since the last call, oldest first (raises ``Stopped``)."""
+        self.raise_if_stopped()
+        taken, self._checkpoints = self._checkpoints, []
+        return taken
+
+    @property
+    def has_checkpoints(self) -> bool:
+        """True if a checkpoint request or a commit waits (without looking at the socket)."""
+        return bool(self._checkpoints)
 
     def wait_for(self, kind: type[M], serve: Callable[[], None] | None = None, every_ms: int = 100) -> M:
         """Wait for the next message of type ``kind`` (others are logged and dropped); raises ``Stopped``.

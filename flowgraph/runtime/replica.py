@@ -1,5 +1,9 @@
 """One replica: register → address book → setup → start barrier → items → finish → EOS → teardown.
 
+In a run with checkpoints, a replica restored from one puts its state back
+after ``setup()``; one that had ended then sends end of stream at once (its
+``finish()`` ran already, in the history the checkpoint keeps).
+
 ``run_replica`` is the same in a worker process and in a thread of an
 ``--inproc`` run; it talks to the launcher only through its ``ControlPipe``
 (the agent thread forwards) and never raises: whatever goes wrong is
@@ -24,7 +28,7 @@ from ..errors import Phase, user_traceback
 from ..model.dsl import NodeKind, NodeSpec
 from ..model.plan import Plan, ReplicaPlan
 from ..settings import Timeouts
-from ..wire.control import AddressBook, Done, Failed, Heartbeat, Ready, Register, Shutdown, Start
+from ..wire.control import AddressBook, Commit, Committed, Done, Failed, Heartbeat, Ready, Register, Shutdown, Start
 from ..wire.pickling import remember_sources
 from .config import WorkerConfig
 from .context import Context, set_context
@@ -37,7 +41,8 @@ from .node import drive_node
 from .operator import Operator, emitted, generated, make_operator
 from .outputs import Outputs
 from .pipe import ControlPipe, WatchHandshakes
-from .sockets import Wiring, monitor_handshakes
+from .snapshots import Snapshots
+from .sockets import Wiring, monitor_handshakes, ready_to_read
 from .source import LateFlusher, drive_source
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,11 @@ class ReplicaJob:
     params: Mapping[str, Any] = field(default_factory=dict)
     collect: bool = False
     """Record every input item and hand the list to the launcher (``flowgraph.testing``)."""
+    checkpointing: bool = False
+    restore: Any = None
+    """Its part of the checkpoint it starts from (a ``checkpoint.store.Part``), or None."""
+    restored_from: int = 0
+    """The id of that checkpoint (0: it starts from the beginning)."""
 
 
 def run_configured(config: WorkerConfig, context: zmq.Context, control: ControlPipe, counters: Counters) -> bool:
@@ -83,7 +93,8 @@ def run_configured(config: WorkerConfig, context: zmq.Context, control: ControlP
         return False
     job = ReplicaJob(plan=plan, replica=plan.replica(config.node, config.index), node=node, token=config.token,
                      wiring=config.wiring, timeouts=config.timeouts, incarnation=config.incarnation,
-                     skip=config.skip, host=config.host, params=config.params, collect=config.collect)
+                     skip=config.skip, host=config.host, params=config.params, collect=config.collect,
+                     checkpointing=config.checkpointing, restore=config.restore, restored_from=config.restored_from)
     return run_replica(job, context, control, counters)
 
 
@@ -105,7 +116,7 @@ class _Replica:
         self.counters = counters
         plan, replica = job.plan, job.replica
         self.context = Context(replica.node, replica.index, job.node.parallelism, job.host or replica.host,
-                               job.params, job.incarnation)
+                               job.params, job.incarnation, job.checkpointing, job.restored_from)
         self.inputs = Inputs(plan, replica, job.incarnation, job.token, control, job.wiring, counters,
                              job.timeouts.stop_check_ms)
         node_index = plan.node(replica.node).index
@@ -124,6 +135,13 @@ class _Replica:
         self.collected: list[Any] = []
         self._recoverable = plan.recoverable
         self._servicing = False
+        self.snapshots: Snapshots | None = None
+        self._skip = job.skip
+        """How many items a restarted or restored source skips."""
+        self._finished = job.restore is not None and job.restore.finished
+        """Restored from a checkpoint in which it had ended: it only sends end of stream."""
+        self._source_ended = False
+        """A source's generator is done: a checkpoint asked for now is served by its final part."""
 
     def run(self) -> bool:
         """The replica's whole life; its sockets are closed whatever happens (after shutdown, or on a stop)."""
@@ -140,15 +158,22 @@ class _Replica:
             operator = self._call(Phase.SETUP, make_operator, self.job.node)
             self._call(Phase.SETUP, operator.setup)
             self.inputs.acks.before_ack = operator.flush
+            if self.job.checkpointing:
+                self._restore(operator)
             self.control.send(Ready())
             self.control.wait_for(Start)
             self.counters.started_at = time.time()
-            if self.job.node.kind is NodeKind.SOURCE:
+            if self._finished:
+                pass
+            elif self.job.node.kind is NodeKind.SOURCE:
                 self._generate(operator)
             else:
                 self._process(operator)
-            self._emit_all(Phase.FINISH, operator.finish)
+            if not self._finished:
+                self._emit_all(Phase.FINISH, operator.finish)
             self.outputs.send_eos()
+            if self.snapshots is not None:
+                self.snapshots.final()
         except Stopped:
             self._teardown(operator)
             self.counters.ended_at = time.time()
@@ -160,18 +185,79 @@ class _Replica:
             failure = Failure(Phase.SEND, error)
         except Exception as error:  # a bug or a broken peer: report it like a user error
             failure = Failure(Phase.RUNTIME, error)
-        failure = failure or self._teardown(operator)
-        self.counters.ended_at = time.time()
-        if failure is not None:
-            _report_failure(self.control, failure, self.counters)
-        else:
-            self.control.send(Done(self.counters.snapshot()), self.collected if self.job.collect else None)
         try:
-            self.control.wait_for(Shutdown, self._service if self._recoverable else None,
-                                  self.job.timeouts.stop_check_ms)
+            if failure is None and self.snapshots is not None:
+                failure = self._end_checkpointed(operator)
+            else:
+                failure = failure or self._teardown(operator)
+                self.counters.ended_at = time.time()
+                if failure is not None:
+                    _report_failure(self.control, failure, self.counters)
+                else:
+                    self._send_done()
+        except Stopped:
+            return False
+        try:
+            self.control.wait_for(Shutdown, self._serve_when_done(), self.job.timeouts.stop_check_ms)
         except Stopped:
             pass
         return failure is None
+
+    def _send_done(self) -> None:
+        self.control.send(Done(self.counters.snapshot()), self.collected if self.job.collect else None)
+
+    def _end_checkpointed(self, operator: Operator | None) -> Failure | None:
+        """The end of a replica in a run with checkpoints: done, then the final checkpoint's commit (the launcher
+        takes it once every replica is done), then ``teardown()``; raises ``Stopped``."""
+        self.counters.ended_at = time.time()
+        self._send_done()
+        try:
+            while (final := self._take_checkpoints()) is None:
+                self.control.receive(self.job.timeouts.stop_check_ms)
+        except Stopped:
+            self._teardown(operator)
+            raise
+        failure = self._teardown(operator)
+        if failure is not None:
+            _report_failure(self.control, failure, self.counters)
+        else:
+            self.control.send(Committed(final))
+        return failure
+
+    def _restore(self, operator: Operator) -> None:
+        """Before the start barrier: the state of the checkpoint it starts from, if any; an unpicklable state
+        fails here, before any item."""
+        part = self.job.restore
+        keeps_position = getattr(operator.instance, "snapshot", None) is not None
+        if part is not None and self.job.node.kind is NodeKind.SOURCE and not keeps_position:
+            self._skip = part.position
+        self.snapshots = Snapshots(self.job.node, operator, self.outputs, self.control, self.counters, self.context,
+                                   self._skip)
+        self.snapshots.start(None if part is None else part.state, self.job.restored_from)
+
+    def _serve_when_done(self) -> Callable[[], None] | None:
+        """What a replica that ended still does until shutdown: resend to restarted peers."""
+        return self._service if self._recoverable else None
+
+    def _take_checkpoints(self) -> int | None:
+        """Between items: apply the commits that came (a source also takes the checkpoints it was asked for);
+        returns the id of the final checkpoint if its commit came."""
+        snapshots = self.snapshots
+        if snapshots is None:
+            return None
+        final = None
+        for request in self.control.take_checkpoints():
+            if isinstance(request, Commit):
+                snapshots.commit(request.checkpoint)
+                final = request.checkpoint if request.final else final
+            elif self.job.node.kind is NodeKind.SOURCE and not self._source_ended:
+                snapshots.barrier(request.checkpoint)
+        return final
+
+    def _between_chunks(self) -> None:
+        """A source, after each chunk: a checkpoint or a commit waiting is taken now."""
+        if self.control.has_checkpoints or ready_to_read(self.control.socket):
+            self._take_checkpoints()
 
     def _wire_up(self) -> None:
         endpoints = {**self.inputs.bind(self.zmq_context), **self.outputs.bind(self.zmq_context)}
@@ -189,18 +275,21 @@ class _Replica:
     def _generate(self, operator: Operator) -> None:
         flusher = LateFlusher(self.outputs, self.counters, self._flush_and_check)
         flusher.start()
+        between = self._between_chunks if self.snapshots is not None else None
         try:
-            drive_source(self._items(operator), self.outputs, self.counters, self._flush_and_check, flusher)
-        except (Stopped, SerializationError):
+            drive_source(self._items(operator), self.outputs, self.counters, self._flush_and_check, flusher,
+                         between=between)
+        except (Stopped, SerializationError, Failure):
             raise
         except Exception as error:
             raise Failure(Phase.GENERATE, error) from error
         finally:
             flusher.stop()
+            self._source_ended = True
 
     def _items(self, operator: Operator) -> Iterator[Any]:
         """What the source yields; a restarted one skips what was acknowledged (``seek(n)`` if it has one)."""
-        skip = self.job.skip
+        skip = self._skip
         if skip and operator.seek is not None:
             operator.seek(skip)
             return generated(operator.generate())
@@ -212,8 +301,11 @@ class _Replica:
         guard = ItemGuard(policy, operator, self.counters, self.context, self.control.pause) if policy.catches else None
         timeouts = self.job.timeouts
         idle_wait_s = timeouts.stop_check_s if self._recoverable else timeouts.idle_wait_s  # rewires come sooner
-        drive_node(operator, self.inputs, self.outputs, self.counters, self.context, self._flush_and_check,
-                   self._flush_idle, round(idle_wait_s * 1000), collect, policy, guard)
+        flush, barrier = self._flush_and_check, None
+        if self.snapshots is not None:
+            flush, barrier = self._flush_and_commit, self.snapshots.barrier
+        drive_node(operator, self.inputs, self.outputs, self.counters, self.context, flush,
+                   self._flush_idle, round(idle_wait_s * 1000), collect, policy, guard, barrier)
 
     def _emit_all(self, phase: Phase, method: Callable[[], Any]) -> None:
         self.context.input = None
@@ -230,12 +322,18 @@ class _Replica:
         if self._recoverable:
             self._service()
 
+    def _flush_and_commit(self) -> None:
+        """``_flush_and_check`` of a node in a run with checkpoints: commits that came are run too."""
+        self._flush_and_check()
+        self._take_checkpoints()
+
     def _flush_idle(self) -> None:
         """``_flush_and_check`` when nothing more came: a sink acknowledges at once (see ``Acknowledger.send``)."""
         self.outputs.flush()
         self.control.raise_if_stopped()
         if self._recoverable:
             self._service(idle=True)
+        self._take_checkpoints()
 
     def _service(self, idle: bool = False) -> None:
         """With restarts: reconnect to restarted peers (and resend them what they lost), read acknowledgements,

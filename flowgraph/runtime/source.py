@@ -196,13 +196,16 @@ class LateFlusher:
 
 
 def drive_source(items: Iterator[Any], outputs: SourceOutputs, counters: Counters, flush: Callable[[], None],
-                 flusher: LateFlusher, clock: Clock = time.monotonic) -> None:
+                 flusher: LateFlusher, clock: Clock = time.monotonic,
+                 between: Callable[[], None] | None = None) -> None:
     """Emit what ``items`` yields, in chunks sized by ``next_chunk``; a slow source's items go out at once.
 
     Partial batches go out ``linger`` after the last flush, by this thread
     between chunks, or by ``flusher`` while the generator blocks. A
     source's busy time is its wall time less the time it was blocked
-    sending (backpressure).
+    sending (backpressure). ``between`` runs after each chunk was handed on
+    (holding the lock): a checkpoint's barrier goes out there, after every
+    item counted so far.
     """
     started = clock()
     blocked = counters.blocked_s
@@ -224,6 +227,8 @@ def drive_source(items: Iterator[Any], outputs: SourceOutputs, counters: Counter
             if slow or now >= outputs.deadline:
                 flush()
             counters.busy_s = now - started - (counters.blocked_s - blocked)
+            if between is not None:
+                between()
             if len(chunk) < asked and not took:  # islice ran out: the source is done
                 break
     counters.busy_s = clock() - started - (counters.blocked_s - blocked)

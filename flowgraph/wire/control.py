@@ -16,6 +16,13 @@ A run goes (``launch.coordinator`` drives it)::
     replica  → launcher   Done(stats) | Failed(...)      its end
     launcher → replicas   Shutdown() | Stop(reason)      close now | stop now
 
+with checkpoints, meanwhile::
+
+    launcher → sources    Checkpoint(n)                  send barrier n (``wire.frames.Kind.BARRIER``)
+    replica  → launcher   Stored(n, final)               its part of checkpoint n, attached
+    launcher → replicas   Commit(n)                      checkpoint n is complete
+    replica  → launcher   Committed(n)                   for the final checkpoint, before Shutdown
+
 and ``Heartbeat`` both ways every ``Timeouts.heartbeat_s`` (a replica's carries its counters).
 """
 
@@ -50,6 +57,10 @@ class ControlKind(enum.Enum):
     STOP = "stop"
     SHUTDOWN = "shutdown"
     REWIRE = "rewire"
+    CHECKPOINT = "checkpoint"
+    STORED = "stored"
+    COMMIT = "commit"
+    COMMITTED = "committed"
 
 
 @dataclass(frozen=True)
@@ -194,10 +205,48 @@ class Rewire:
     endpoints: Mapping[str, str]
 
 
-Message = Register | Ready | Heartbeat | Done | Failed | AddressBook | Start | Stop | Shutdown | Rewire
+@dataclass(frozen=True)
+class Checkpoint:
+    """Launcher → running sources: take checkpoint ``checkpoint`` (record your position, send its barrier)."""
+
+    kind: ClassVar[ControlKind] = ControlKind.CHECKPOINT
+    checkpoint: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Replica → launcher: its part of ``checkpoint`` (the attachment, a ``checkpoint.store.Part``);
+    ``final``: its part as it ended, which serves every checkpoint it has no part of."""
+
+    kind: ClassVar[ControlKind] = ControlKind.STORED
+    checkpoint: int
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Launcher → replicas: ``checkpoint`` is complete; a two-phase sink makes what it staged before it visible."""
+
+    kind: ClassVar[ControlKind] = ControlKind.COMMIT
+    checkpoint: int
+    final: bool = False
+    """The final checkpoint of the run: a replica commits it, then runs ``teardown()`` and says ``Committed``."""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Replica → launcher: it committed the final ``checkpoint`` and ran ``teardown()``; it waits for the shutdown."""
+
+    kind: ClassVar[ControlKind] = ControlKind.COMMITTED
+    checkpoint: int
+
+
+Message = (Register | Ready | Heartbeat | Done | Failed | AddressBook | Start | Stop | Shutdown | Rewire | Checkpoint
+           | Stored | Commit | Committed)
 _RECORDS: dict[ControlKind, type[Any]] = {
     record.kind: record
-    for record in (Register, Ready, Heartbeat, Done, Failed, AddressBook, Start, Stop, Shutdown, Rewire)
+    for record in (Register, Ready, Heartbeat, Done, Failed, AddressBook, Start, Stop, Shutdown, Rewire, Checkpoint,
+                   Stored, Commit, Committed)
 }
 _FIELDS: dict[str, Callable[[Any], Any]] = {
     "stats": lambda body: None if body is None else ReplicaStats.from_body(body),

@@ -1,4 +1,4 @@
-"""Frames on the wire: data batches, end of stream, credit and broadcast subscriptions.
+"""Frames on the wire: data batches, end of stream, checkpoint barriers, credit and broadcast subscriptions.
 
 Bytes in, bytes out; no sockets here (payloads come from ``serializers``).
 
@@ -55,6 +55,8 @@ class Kind(enum.IntEnum):
     """Consumer to producer, with restarts: I am done with your batches up to ``seq`` of your incarnation ``items``."""
     POISON = 5
     """A one-item batch that was in flight at every one of its consumer's last deaths: not to be processed again."""
+    BARRIER = 6
+    """The barrier of checkpoint ``items`` (its id): what came before it on this socket belongs to that checkpoint."""
 
 
 class Header(NamedTuple):

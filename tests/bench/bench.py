@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ class Run:
     peak_rss_bytes: int | None
     """Only when asked for: sampling every process's RSS costs CPU the pipeline would otherwise have."""
     startup_s: float | None
+    checkpoints_s: tuple[float, ...] = ()
+    """How long each checkpoint took (a run with ``--checkpoint``)."""
 
 
 def timed(command: list[str], rss: bool = False) -> Run:
@@ -64,7 +67,8 @@ def flowgraph(variable: str, *options: str, rss: bool = False, **params: object)
         for key, value in params.items():
             command += ["--set", f"{key}={value}"]
         run = timed(command, rss)
-        run.startup_s = json.loads(metrics.read_text())["startup_s"]
+        written = json.loads(metrics.read_text())
+        run.startup_s, run.checkpoints_s = written["startup_s"], tuple(written["checkpoints_s"])
         return run
 
 
@@ -88,6 +92,46 @@ def side_by_side(pipelines: dict[str, tuple[Any, int, int]], repeat: int) -> dic
         t_small, t_big = min(times[name][0]), min(times[name][1])
         rates[name] = (big - small) / (t_big - t_small) if t_big > t_small else float("nan")
     return rates
+
+
+def percentile(values: tuple[float, ...], rank: float) -> float:
+    """The ``rank``-th percentile of ``values`` (nearest rank); nan if there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(rank / 100 * len(ordered)) - 1)]
+
+
+def resume_time(directory: Path) -> float:
+    """Kill the process group of a checkpointed run after its second checkpoint, resume it: seconds from the
+    resume's launch to its first processed item."""
+    out, checkpoints = directory / "out", directory / "ckpt"
+    out.mkdir(parents=True)
+    command = [sys.executable, "-m", "flowgraph", "run", "--quiet", f"{PIPELINES}:keyed_count", "--set",
+               "count=100000000", "--set", "pause_every=100"]
+    first = subprocess.Popen([*command, "--checkpoint", str(checkpoints), "--checkpoint-interval", "0.5"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(checkpoints.glob("ckpt-*/MANIFEST.json"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    for path in out.iterdir():
+        path.unlink()
+    launched = time.time()
+    resumed = subprocess.Popen([*command, "--resume", str(checkpoints), "--set", f"out={out}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        firsts = [float(path.read_text() or "inf") for path in out.iterdir()]
+    finally:
+        os.killpg(resumed.pid, signal.SIGKILL)
+        resumed.wait()
+    return min(firsts, default=float("nan")) - launched
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
@@ -187,6 +231,26 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             times = {name: float((Path(directory) / name).read_text()) for name in ("killed", "restarted")}
             recoveries.append(times["restarted"] - times["killed"])
     record("recovery_s_after_sigkill_of_a_middle_replica", min(recoveries), 3)
+
+    # Checkpoints: a keyed class counter checkpointed every second, beside the same pipeline without.
+    with tempfile.TemporaryDirectory() as directory:
+        checkpointed = ("--checkpoint", str(Path(directory) / "ckpt"), "--checkpoint-interval", "1")
+        rates = side_by_side({
+            "plain": (lambda n: flowgraph("keyed_count", count=n), small, big),
+            "checkpoints": (lambda n: flowgraph("keyed_count", *checkpointed, count=n), small, big),
+        }, repeat)
+        record("checkpoints_keyed_count_items_per_s", rates["checkpoints"])
+        record("checkpoints_ratio_to_plain", rates["checkpoints"] / rates["plain"], 2)
+        fast = ("--checkpoint", str(Path(directory) / "fast"), "--checkpoint-interval", "0.2")
+        durations = flowgraph("keyed_count", *fast, count=big).checkpoints_s
+        record("checkpoint_s_p50_full_speed", percentile(durations, 50), 3)
+        record("checkpoint_s_p99_full_speed", percentile(durations, 99), 3)
+        slow = ("--checkpoint", str(Path(directory) / "slow"), "--checkpoint-interval", "0.2")
+        durations = flowgraph("keyed_count", *slow, count=5_000 if quick else 150_000, forward=1,
+                              sleep_s=0.0001).checkpoints_s
+        record("checkpoint_s_p50_slow_sink", percentile(durations, 50), 3)
+        record("checkpoint_s_p99_slow_sink", percentile(durations, 99), 3)
+        record("resume_s_to_first_item", min(resume_time(Path(directory) / f"resume-{n}") for n in range(repeat)), 3)
 
     # Startup: 5 nodes, 8 replicas.
     with tempfile.TemporaryDirectory() as directory:

@@ -5,7 +5,7 @@ import os
 import signal
 import time
 
-from flowgraph import Topology, context
+from flowgraph import Topology, by_key, context
 
 small_dicts = Topology("small-dicts")
 
@@ -196,3 +196,50 @@ class Victim:
 
 
 recovery.sink(lambda n: None, inputs="Victim", name="drop")
+
+
+keyed_count = Topology("keyed-count")
+"""The small dicts into a keyed class counter: what checkpoints cost (``--checkpoint``), and what a resume takes."""
+
+
+@keyed_count.source
+def counted():
+    params = context().params
+    pause_every = int(params.get("pause_every", 0))
+    for n in range(int(params["count"])):
+        if pause_every and n % pause_every == 0:
+            time.sleep(0.001)
+        yield {"id": n, "key": n % 1024, "score": n * 0.5}
+
+
+@keyed_count.node(inputs={counted: by_key("key")}, parallelism=2)
+class Tally:
+    def setup(self):
+        self.counts = {}
+        self.first = True
+
+    def process(self, item):
+        if self.first:
+            self.first = False
+            out = context().params.get("out")
+            if out:
+                with open(os.path.join(out, f"first-{os.getpid()}"), "w") as file:
+                    file.write(str(time.time()))
+        self.counts[item["key"]] = self.counts.get(item["key"], 0) + 1
+        return item if context().params.get("forward") else None
+
+    def snapshot(self):
+        return self.counts
+
+    def restore(self, state):
+        self.counts = state
+
+    def finish(self):
+        yield from self.counts.items()
+
+
+@keyed_count.sink(inputs=Tally)
+def tallied(pair):
+    sleep_s = float(context().params.get("sleep_s", 0))
+    if sleep_s:
+        time.sleep(sleep_s)
