@@ -96,8 +96,8 @@ class SQLiteStore:
       replica, ``_checkpoint < n``) move into ``table``, in the order they were
       written, and the record becomes ``n``. Idempotent: it is re-issued
       after a restore and comes from every replica of the sink; the first
-      moves the rows, the others change nothing. It may come after
-      ``teardown()`` (the final checkpoint's does): it opens the file again.
+      moves the rows, the others change nothing. The final checkpoint's
+      comes after ``finish()`` and before ``teardown()``.
     - ``rollback(n)``: the replica starts from checkpoint ``n`` (after a
       failure, or on ``--resume``; 0: from the beginning). Called after
       ``setup()``, before ``commit(n)`` is re-issued (when ``n > 0``) and
@@ -171,8 +171,6 @@ class SQLiteStore:
         self.columns = None if columns is None else list(columns)
         self.replace = replace
         self._connection: sqlite3.Connection | None = None
-        self._database: str | None = None
-        """The absolute path of the file, once ``setup()`` ran (``commit()`` after ``teardown()`` opens it)."""
         self._checkpointing = False
         """Set at ``setup()``: the run has checkpoints, so rows are staged (``context().checkpointing``)."""
         self._table_columns: list[str] = []
@@ -199,7 +197,6 @@ class SQLiteStore:
         self.path = os.path.abspath(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._checkpointing = _in_checkpointed_run()
-        self._database = self.path
         self._connection = _connect(self.path)
         _use_wal(self._connection)
         if self.replace and context().incarnation == 0:
@@ -280,21 +277,12 @@ class SQLiteStore:
 
         Once per table and checkpoint, whichever replica comes first; a
         repeated or older ``checkpoint`` changes nothing. Nothing without
-        checkpoints. It may come after ``teardown()`` (the commit of the final
-        checkpoint does, once the replica is done): it then opens the file
-        for this one transaction.
+        checkpoints. The runtime calls it before ``teardown()``, the final
+        checkpoint's too.
         """
         if not self._checkpointing:
             return
-        if self._connection is not None:
-            self._commit(self._connection, checkpoint)
-            return
-        assert self._database is not None  # _checkpointing is set by setup(), with it
-        connection = _connect(self._database)
-        try:
-            self._commit(connection, checkpoint)
-        finally:
-            connection.close()
+        self._commit(self._open("commit"), checkpoint)
 
     def _commit(self, connection: sqlite3.Connection, checkpoint: int) -> None:
         table, staged, tag = _quote(self.table), _quote(self.staged_table), _quote(CHECKPOINT_COLUMN)

@@ -135,19 +135,6 @@ def test_finish_then_precommit_then_commit_of_the_final_checkpoint_makes_every_r
         assert visible(path) == list(range(10))
 
 
-def test_the_commit_of_the_final_checkpoint_may_come_after_teardown(tmp_path):
-    path = tmp_path / "pages.db"
-    with started(path) as (store, _):
-        process(store, range(3))
-        store.finish()
-        store.precommit()
-    # the runtime tears a replica down when it is done, then serves the final commit
-
-    store.commit(1)
-
-    assert visible(path) == [0, 1, 2]
-
-
 def test_a_repeated_or_older_commit_changes_nothing(tmp_path):
     path = tmp_path / "pages.db"
     with started(path) as (store, ctx):
