@@ -347,8 +347,9 @@ def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning_and_the_one_befor
     code, err = Launcher(str(topo), "--resume", str(directory), cwd=tmp_path, env={**env, "FG_PAUSE": "0"}).wait()
     assert code == 0, err
     assert "skipping checkpoint" in err
-    assert len(rows(tmp_path / "run.db", "rows")) == 100_000
-    assert sum(n for _, n in rows(tmp_path / "run.db", "counts")) == 100_000
+    assert sum(n for _, n in rows(tmp_path / "run.db", "counts")) == 100_000  # the state: exactly once
+    # the rows the damaged checkpoint committed, if it did, come again (docs/checkpoints.md): none is lost
+    assert set(rows(tmp_path / "run.db", "rows")) == {(i, f"w{i % 37}") for i in range(100_000)}
 
 
 def test_resuming_when_every_checkpoint_is_corrupt_is_refused(tmp_path):
