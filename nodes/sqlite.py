@@ -57,8 +57,8 @@ class SQLiteStore:
       (``flowgraph run ... --set db=crawl.db``).
     - ``columns``: store only these keys of each row, in this order, and
       ignore the others; ``None`` stores every key.
-    - ``replace``: drop the table at ``setup()`` (with checkpoints: at
-      ``rollback(0)``, see below), so each run starts from an empty table
+    - ``replace``: drop the table at ``setup()`` of a fresh start (not a
+      restart, not a resume: see below), so each run starts from an empty table
       (else rows are added to what earlier runs stored). Only for a store at
       parallelism 1: replicas would drop each other's rows.
 
@@ -112,10 +112,9 @@ class SQLiteStore:
     Without checkpoints the three hooks do nothing. With checkpoints:
 
     - ``replace=True`` drops ``table``, its staging table and its commit
-      record in ``rollback(0)`` of the replica's first start (incarnation
-      0), not in ``setup()`` (the checkpoint a replica starts from is known
-      only after it): a ``--resume`` or a restart keeps the rows committed
-      so far.
+      record at ``setup()`` of a fresh start only (incarnation 0, not
+      restored from a checkpoint): a ``--resume`` or a restart keeps the
+      rows committed so far.
     - The staging table has the types of ``table`` but none of its
       constraints (PRIMARY KEY, UNIQUE, NOT NULL, CHECK): they are checked
       when ``commit()`` moves the rows. A row that breaks one makes the
@@ -199,22 +198,20 @@ class SQLiteStore:
         self._checkpointing = _in_checkpointed_run()
         self._connection = _connect(self.path)
         _use_wal(self._connection)
-        if self.replace and context().incarnation == 0:
-            replicas = context().parallelism
-            if replicas > 1:
-                raise ValueError(
-                    f"SQLiteStore for table {self.table!r} has replace=True at parallelism {replicas}: "
-                    "each replica would drop the rows of the others; use parallelism=1 or replace=False"
-                )
-            if not self._checkpointing:
-                self._connection.execute(f"DROP TABLE IF EXISTS {_quote(self.table)}")
         if self._checkpointing:
             self._connection.execute(
                 f"CREATE TABLE IF NOT EXISTS {_quote(COMMITS_TABLE)} (name TEXT PRIMARY KEY, checkpoint INTEGER)"
             )
-        # With checkpoints and replace=True, rollback(0) may drop the table
-        # yet: it creates it again from the schema then.
-        if self.schema is not None and not (self._checkpointing and self.replace):
+        me = context() if self.replace else None
+        if me is not None and me.incarnation == 0:
+            if me.parallelism > 1:
+                raise ValueError(
+                    f"SQLiteStore for table {self.table!r} has replace=True at parallelism {me.parallelism}: "
+                    "each replica would drop the rows of the others; use parallelism=1 or replace=False"
+                )
+            if me.checkpoint == 0:
+                self._drop_tables(self._connection)
+        if self.schema is not None:
             self._create_table(self.schema)
 
     def process(self, row: dict[str, Any]) -> None:
@@ -317,16 +314,12 @@ class SQLiteStore:
 
         Deletes the staged rows of every replica written after that barrier,
         and the rows still buffered; ``rollback(0)`` also forgets up to which
-        checkpoint the table was committed, and with ``replace=True`` on a
-        first start drops the table. Nothing without checkpoints.
+        checkpoint the table was committed. Nothing without checkpoints.
         """
         if not self._checkpointing:
             return
         connection = self._open("rollback")
         self._buffer = []
-        if self.replace and checkpoint == 0 and context().incarnation == 0:
-            self._drop_tables(connection)
-            return
         connection.execute("BEGIN IMMEDIATE")
         try:
             if _has_table(connection, self.staged_table):
@@ -366,19 +359,17 @@ class SQLiteStore:
         return self._connection
 
     def _drop_tables(self, connection: sqlite3.Connection) -> None:
-        """``replace=True`` with checkpoints, on a fresh start: drop the table, its staging table, its record."""
+        """``replace=True`` on a fresh start: drop the table (with checkpoints: its staging table and record too)."""
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute(f"DROP TABLE IF EXISTS {_quote(self.table)}")
-            connection.execute(f"DROP TABLE IF EXISTS {_quote(self.staged_table)}")
-            connection.execute(f"DELETE FROM {_quote(COMMITS_TABLE)} WHERE name = ?", (self.table,))
+            if self._checkpointing:
+                connection.execute(f"DROP TABLE IF EXISTS {_quote(self.staged_table)}")
+                connection.execute(f"DELETE FROM {_quote(COMMITS_TABLE)} WHERE name = ?", (self.table,))
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
-        self._table_columns = []
-        if self.schema is not None:
-            self._create_table(self.schema)
 
     def _create_table(self, column_types: Mapping[str, str]) -> None:
         assert self._connection is not None

@@ -16,7 +16,7 @@ def feed(alignment: Alignment, arrivals: list[tuple[str, str]]) -> list[str]:
         if message.startswith("B"):
             alignment.barrier(producer, int(message[1:]))
         elif message == "E":
-            alignment.ended(producer)
+            alignment.end(producer)
         else:
             seen.append(message)
         drain()

@@ -31,12 +31,12 @@ def started(
     **options: Any,
 ) -> Iterator[tuple[SQLiteStore, Context]]:
     """A set-up store of table ``pages`` started from ``checkpoint``, as the runtime starts a replica."""
-    with replica_context("store", replica=replica, parallelism=parallelism, checkpointing=True) as ctx:
+    with replica_context("store", replica=replica, parallelism=parallelism, checkpointing=True,
+                         checkpoint=checkpoint) as ctx:
         ctx.incarnation = incarnation
         store = SQLiteStore(path, "pages", **options)
         store.setup()
         try:
-            ctx.checkpoint = checkpoint
             store.rollback(checkpoint)
             if checkpoint:
                 store.commit(checkpoint)

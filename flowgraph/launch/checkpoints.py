@@ -46,7 +46,7 @@ class Checkpointer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.fingerprint = fingerprint
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._clock = clock
         self._replicas = tuple(replica.id for replica in plan.replicas)
         self._sources = frozenset(replica.id for replica in plan.replicas if replica.kind is NodeKind.SOURCE)
@@ -87,7 +87,7 @@ class Checkpointer:
         now = self._clock()
         self.durations_s.append(now - pending.started_at)
         self.completed, self._pending = pending.id, None
-        self._next_at = now + self._interval_s
+        self._next_at = now + self.interval_s
         return self.completed
 
     def finish(self) -> int:
@@ -105,7 +105,7 @@ class Checkpointer:
             log.warning("checkpoint %d was under way and is dropped", self._pending.id)
         self._pending = None
         self._final = {}
-        self._next_at = self._clock() + self._interval_s
+        self._next_at = self._clock() + self.interval_s
 
     def _take_id(self) -> int:
         taken, self._next_id = self._next_id, self._next_id + 1

@@ -190,8 +190,6 @@ class _Launch:
     workers: _Workers
     launched: float
     """``time.monotonic()`` before any worker started."""
-    interval_s: float = DEFAULT_INTERVAL_S
-    """How often it takes a checkpoint (with ``--checkpoint``)."""
     ended: float = 0.0
     """``time.monotonic()`` when the run ended (0 while it runs)."""
 
@@ -251,7 +249,7 @@ def _open(stack: contextlib.ExitStack, spec: TopologySpec, plan: Plan, settings:
         restored_from=start.checkpoint,
     )
     coordinator.on_restart = functools.partial(_restart, plan, backend, config, coordinator)
-    return _Launch(plan, backend, coordinator, config, workers, time.monotonic(), settings.checkpoint_interval_s)
+    return _Launch(plan, backend, coordinator, config, workers, time.monotonic())
 
 
 def _restart(plan: Plan, backend: Backend, config: RunConfig, coordinator: Coordinator, decision: Restart) -> str:
@@ -259,8 +257,7 @@ def _restart(plan: Plan, backend: Backend, config: RunConfig, coordinator: Coord
 
     Returns the host it runs on now.
     """
-    node, _, index = decision.replica.rpartition("/")
-    replica = plan.replica(node, int(index))
+    replica = plan.replica_by_id(decision.replica)
     stats = coordinator.live.get(decision.replica)
     skip = stats.acked if stats is not None and replica.kind is NodeKind.SOURCE else 0
     return backend.restart(replica, config, decision.incarnation, skip, decision.host_lost)
@@ -314,16 +311,11 @@ def _roll_back(launch: _Launch, decision: Restart) -> None:
     assert checkpointer is not None, "only a run with checkpoints rolls back"
     start = starting_point(checkpointer.store, plan, checkpointer.fingerprint, resume=True)
     launch.config = dataclasses.replace(launch.config, restore=start.parts, restored_from=start.checkpoint)
-    lost = plan.replica(*_split_id(decision.replica))
+    lost = plan.replica_by_id(decision.replica)
     for replica in (lost, *(replica for replica in plan.replicas if replica.id != lost.id)):
         incarnation = coordinator.supervisor.incarnation(replica.id)
         coordinator.placement[replica.id] = launch.backend.restart(
             replica, launch.config, incarnation, 0, decision.host_lost and replica is lost)
-
-
-def _split_id(replica: str) -> tuple[str, int]:
-    node, _, index = replica.rpartition("/")
-    return node, int(index)
 
 
 def _already_finished(plan: Plan, settings: _RunSettings, store: CheckpointStore, start: StartingPoint) -> RunReport:
@@ -390,14 +382,14 @@ def _report(plan: Plan, launch: _Launch, stats: Mapping[str, ReplicaStats], stat
         nodes[node.name] = NodeReport(node.name, node.kind.value, tuple(replicas))
     started = launch.coordinator.started_at or ended
     checkpointer = launch.coordinator.checkpointer
-    store = None if checkpointer is None else checkpointer.store
+    guarantee = (_guarantee(plan) if checkpointer is None else
+                 _guarantee(plan, checkpointer.interval_s, checkpointer.store))
     return RunReport(plan.topology, launch.backend.mode, nodes, startup_s=started - launch.launched,
-                     wall_s=ended - launch.launched, collected=collected or {}, status=status,
-                     guarantee=_guarantee(plan, launch.interval_s, store),
+                     wall_s=ended - launch.launched, collected=collected or {}, status=status, guarantee=guarantee,
                      checkpoints_s=() if checkpointer is None else tuple(checkpointer.durations_s))
 
 
-def _guarantee(plan: Plan, interval_s: float, store: CheckpointStore | None) -> str:
+def _guarantee(plan: Plan, interval_s: float = 0.0, store: CheckpointStore | None = None) -> str:
     budget = max((node.restarts for node in plan.nodes), default=0)
     if store is not None:
         rollback = (f"a failure rolls back to the last one (up to {budget} times a replica)" if budget else

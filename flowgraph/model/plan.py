@@ -222,6 +222,11 @@ class Plan:
 
         return self._found(found, f"replica {replica_id(node, index)!r}", known)
 
+    def replica_by_id(self, replica_id: str) -> ReplicaPlan:
+        """The replica called ``replica_id`` (``node/index``); ``KeyError`` as ``replica`` says."""
+        node, _, index = replica_id.rpartition("/")
+        return self.replica(node, int(index))
+
     def _found(self, found: T | None, what: str, known: Callable[[], str]) -> T:
         """``found``, or ``KeyError`` saying ``what`` is not in the plan and what is (``known``)."""
         if found is None:

@@ -34,7 +34,8 @@ class Alignment(Generic[M]):
         """The checkpoint whose barriers are arriving (None: none is)."""
         self._blocked: set[Hashable] = set()
         """Producers whose barrier of ``_aligning`` came."""
-        self._ended: set[Hashable] = set()
+        self.ended: set[Hashable] = set()
+        """Producers whose end of stream came (in its turn)."""
         self._held: deque[tuple[Hashable, M]] = deque()
         self._released: deque[tuple[Hashable, M]] = deque()
         """What was held during the alignment that completed: to be delivered before anything newer."""
@@ -63,9 +64,9 @@ class Alignment(Generic[M]):
         self._blocked.add(producer)
         self._check()
 
-    def ended(self, producer: Hashable) -> None:
+    def end(self, producer: Hashable) -> None:
         """``producer`` sent end of stream (in its turn): from now on it counts as aligned."""
-        self._ended.add(producer)
+        self.ended.add(producer)
         self._check()
 
     def take_aligned(self) -> int | None:
@@ -85,7 +86,7 @@ class Alignment(Generic[M]):
         return None
 
     def _check(self) -> None:
-        if self._aligning is None or not self._producers <= self._blocked | self._ended:
+        if self._aligning is None or not self._producers <= self._blocked | self.ended:
             return
         self._aligned, self._aligning = self._aligning, None
         self._blocked.clear()

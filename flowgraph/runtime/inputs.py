@@ -91,8 +91,8 @@ class Inputs:
         }
         self._replica = replica
         self.eos_expected = replica.eos_expected
-        self._ended: set[Sender] = set()
         self._alignment: Alignment[_Message] = Alignment(self._producers)
+        """Barrier alignment, and which producers ended."""
         self._next_seq: dict[Sender, int] = {}
         self._rejected = 0
         self._pull: zmq.Socket | None = None
@@ -106,7 +106,7 @@ class Inputs:
     @property
     def is_done(self) -> bool:
         """True once end of stream arrived from every upstream replica on every input edge (and was taken)."""
-        return len(self._ended) >= self.eos_expected and self._alignment.idle
+        return len(self._alignment.ended) >= self.eos_expected and self._alignment.idle
 
     def bound_sockets(self) -> list[zmq.Socket]:
         """The sockets this side binds (strangers can connect to them)."""
@@ -250,8 +250,7 @@ class Inputs:
         """Apply a checked message in its turn: the batch it carries, or None (end of stream, a barrier)."""
         producer = header.sender
         if header.kind == Kind.EOS:
-            self._ended.add(producer)
-            self._alignment.ended(producer)
+            self._alignment.end(producer)
             return None
         if header.kind == Kind.BARRIER:
             try:
@@ -285,7 +284,7 @@ class Inputs:
         """``producer`` is a new incarnation: its numbering starts again, and so does its end of stream."""
         self._incarnations[producer] = incarnation
         self._next_seq[producer] = 0
-        self._ended.discard(producer)
+        self._alignment.ended.discard(producer)
         self.acks.arrived(producer, incarnation)
         self._grants.restarted(producer)
 

@@ -163,13 +163,11 @@ class _Replica:
             self.control.send(Ready())
             self.control.wait_for(Start)
             self.counters.started_at = time.time()
-            if self._finished:
-                pass
-            elif self.job.node.kind is NodeKind.SOURCE:
-                self._generate(operator)
-            else:
-                self._process(operator)
-            if not self._finished:
+            if not self._finished:  # a replica restored as it ended only sends end of stream
+                if self.job.node.kind is NodeKind.SOURCE:
+                    self._generate(operator)
+                else:
+                    self._process(operator)
                 self._emit_all(Phase.FINISH, operator.finish)
             self.outputs.send_eos()
             if self.snapshots is not None:
@@ -228,11 +226,9 @@ class _Replica:
         """Before the start barrier: the state of the checkpoint it starts from, if any; an unpicklable state
         fails here, before any item."""
         part = self.job.restore
-        keeps_position = getattr(operator.instance, "snapshot", None) is not None
-        if part is not None and self.job.node.kind is NodeKind.SOURCE and not keeps_position:
-            self._skip = part.position
         self.snapshots = Snapshots(self.job.node, operator, self.outputs, self.control, self.counters, self.context,
-                                   self._skip)
+                                   part)
+        self._skip = self.snapshots.skip
         self.snapshots.start(None if part is None else part.state, self.job.restored_from)
 
     def _serve_when_done(self) -> Callable[[], None] | None:

@@ -46,17 +46,20 @@ class Snapshots:
     """Checkpoints as one replica takes part in them."""
 
     def __init__(self, node: NodeSpec, operator: Operator, outputs: Outputs, control: ControlPipe,
-                 counters: Counters, context: Context, skip: int) -> None:
-        """``skip``: the items of a restored source emitted before this start (its position so far)."""
+                 counters: Counters, context: Context, restored: Part | None) -> None:
+        """``restored``: its part of the checkpoint it starts from, if any."""
         self._node = node
         self._instance = operator.instance
         self._outputs = outputs
         self._control = control
         self._counters = counters
         self._context = context
-        self._skip = skip
         instance = operator.instance
         self._snapshot: Callable[[], Any] | None = getattr(instance, "snapshot", None)
+        self.skip = 0
+        """How many items a restored source skips: its position, unless its own ``snapshot()`` keeps it."""
+        if restored is not None and node.kind is NodeKind.SOURCE and self._snapshot is None:
+            self.skip = restored.position
         self._restore: Callable[[Any], Any] | None = getattr(instance, "restore", None)
         self._precommit: Callable[[], Any] | None = getattr(instance, "precommit", None)
         self._commit: Callable[[int], Any] | None = getattr(instance, "commit", None)
@@ -119,7 +122,7 @@ class Snapshots:
     def _part(self, finished: bool) -> Part:
         position = 0
         if self._node.kind is NodeKind.SOURCE and self._snapshot is None:
-            position = self._skip + self._counters.items_out
+            position = self.skip + self._counters.items_out
         return Part(self._context_id(), self.state(), position, finished)
 
     def _context_id(self) -> str:
