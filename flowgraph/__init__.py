@@ -20,6 +20,7 @@ from .model.dsl import Handle as Handle
 from .model.dsl import Topology as Topology
 from .model.dsl import broadcast as broadcast
 from .model.dsl import by_key as by_key
+from .model.dsl import feedback as feedback
 from .model.dsl import shuffle as shuffle
 from .model.plan import Plan as Plan
 from .model.policy import DeadLetter as DeadLetter
@@ -54,6 +55,7 @@ __all__ = [
     "broadcast",
     "by_key",
     "context",
+    "feedback",
     "run",
     "shuffle",
 ]

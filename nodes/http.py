@@ -1,41 +1,69 @@
-"""``Fetch``: a node that downloads web pages with ``http.client``.
+"""``Fetch``: an asynchronous node that downloads web pages with aiohttp.
 
-Each replica keeps one keep-alive connection per (scheme, host, port), so a
-crawl over one site opens one connection per replica, not one per URL.
-With ``min_interval_s`` it also spaces out its requests to each of them.
+``Fetch.process`` is ``async def``: declared with ``concurrency=N``, each
+replica has up to N URLs in flight at once on its event loop, over one
+pooled ``aiohttp.ClientSession`` that keeps connections alive per (scheme,
+host, port). Per host, each replica sends at most ``per_host`` requests at
+once, leaves ``min_interval_s`` between the starts of two of them, and asks
+robots.txt first.
+
+Why aiohttp and not httpx: with many requests in flight it is much faster
+(a C HTTP parser, a mature connection pool, ``TCPConnector``, with a limit per
+host). It has no client HTTP/2, which a crawler of many hosts does not miss.
 
 A failed fetch is an item, not an exception, unless ``raise_errors=True``:
-its ``error`` is a one-line ``"ExcType: message"``. Besides the exceptions
-of ``socket``, ``ssl`` and ``http.client`` (``ConnectionRefusedError``,
-``TimeoutError``, ``RemoteDisconnected``...), ``error`` names these:
+its ``error`` is a one-line ``"ExcType: message"``. A connection that could
+not be made is named by the operating system's error under aiohttp's
+message (``"ConnectionRefusedError: Cannot connect to host ..."``), a
+certificate that does not verify by ``ssl``'s
+(``"SSLCertVerificationError: ..."``), and every timeout is
+``"TimeoutError: ..."``. Other failures keep aiohttp's names
+(``"ServerDisconnectedError: Server disconnected"``...). ``error`` also names:
 
 - ``HTTPStatusError``: the final response had a status of 400 or more,
   e.g. ``"HTTPStatusError: 404 Not Found"``;
 - ``TooManyRedirects``: more than 5 redirects in a row;
 - ``BodyTooLarge``: the body is longer than ``max_bytes``;
+- ``RobotsDisallowed``: robots.txt disallows the URL, or a URL it redirects to;
 - ``ValueError``: the URL is not an http or https URL.
 """
 
 from __future__ import annotations
 
-import http.client
+import asyncio
+import contextlib
 import logging
 import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
-from urllib.parse import SplitResult, quote, urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.robotparser import RobotFileParser
+
+import aiohttp
 
 logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 """Redirects followed for one URL before giving up with ``TooManyRedirects``."""
 
+MAX_CONNECTIONS = 100
+"""Connections in use at once by one replica over all hosts; more requests wait for one to be free."""
+
+ROBOTS_MAX_BYTES = 512 * 1024
+"""How much of a robots.txt is read; the rest is ignored (RFC 9309 asks for at least 500 KiB)."""
+
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# Failures that may go away on a second try. ValueError is caught before these
-# because ssl.SSLCertVerificationError and http.client.InvalidURL are both an
-# OSError or HTTPException *and* a ValueError, and retrying them cannot help.
-_TRANSIENT_ERRORS = (OSError, http.client.HTTPException)
+_CHUNK_BYTES = 64 * 1024
+# The robots.txt lines that stand for "no robots.txt" and "robots.txt is out of order".
+_ROBOTS_ALLOW_ALL: list[str] = []
+_ROBOTS_DISALLOW_ALL = ["User-agent: *", "Disallow: /"]
+# Failures that may go away on a second try: timeouts, refused or dropped
+# connections, truncated bodies. A TLS or certificate failure is one too for
+# aiohttp (a ClientConnectorError), but retrying it cannot help.
+_TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+_PERMANENT_ERRORS = (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch)
 
 
 class FetchError(Exception):
@@ -69,25 +97,53 @@ class BodyTooLarge(Exception):
     """A response body is longer than the ``max_bytes`` of the ``Fetch`` that read it."""
 
 
-_FETCH_FAILURES = (ValueError, HTTPStatusError, TooManyRedirects, BodyTooLarge, *_TRANSIENT_ERRORS)
+class RobotsDisallowed(Exception):
+    """The robots.txt of a host disallows a URL for the ``user_agent`` of the ``Fetch`` that asked."""
+
+
+_FETCH_FAILURES = (
+    ValueError, HTTPStatusError, TooManyRedirects, BodyTooLarge, RobotsDisallowed,
+    aiohttp.ClientError, asyncio.TimeoutError, OSError,
+)
 """What ``Fetch`` turns into an item with ``error`` set (or into ``FetchError``)."""
 
 
 class _Response(NamedTuple):
     status: int
     reason: str
-    headers: http.client.HTTPMessage
-    body: bytes | None
-    """``None`` when the body is longer than ``max_bytes``."""
+    content_type: str
+    """The media type without parameters; ``""`` when unknown."""
+    charset: str | None
+    location: str | None
+    """Where a redirect points, as given; ``None`` for any other response."""
+    body: bytes
+    """The body, uncompressed, cut to one byte more than the limit it was read with."""
 
 
 _Key = tuple[str, str, int]
 
 
-class Fetch:
-    """A node that fetches the URL of each item and outputs the response as a dict.
+class _Host:
+    """What a replica keeps for one (scheme, host, port) until ``teardown()``."""
 
-    Restartable (``--restarts``): its state is its connections, which it opens again.
+    __slots__ = ("slots", "turn", "last_start_s", "robots")
+
+    def __init__(self, per_host: int) -> None:
+        self.slots = asyncio.Semaphore(per_host)
+        """Held from the wait for a turn until the response is read: ``per_host`` requests in flight."""
+        self.turn = asyncio.Lock()
+        """Held by the one request that waits for ``min_interval_s`` to pass; the others queue behind it."""
+        self.last_start_s = float("-inf")
+        """When the last request started, by ``Fetch._clock``."""
+        self.robots: asyncio.Task[RobotFileParser] | None = None
+        """The fetch of robots.txt, shared by every request that waits for it; ``None`` until asked."""
+
+
+class Fetch:
+    """An asynchronous node that fetches the URL of each item and outputs the response as a dict.
+
+    Restartable (``--restarts``): its state is its connections and its
+    robots.txt cache, which it builds again.
 
     An item is a URL string, or a dict with a ``"url"`` key whose other keys
     are copied into the output (keys of the same name below win). The output:
@@ -96,45 +152,74 @@ class Fetch:
     - ``final_url``: the URL that answered, after redirects (use it as the
       base for relative links);
     - ``status``: the HTTP status of the last response, or ``None`` when
-      there was no response (connection refused, timeout...);
+      there was no response (connection refused, timeout, robots.txt...);
     - ``content_type``: the media type without parameters, e.g.
       ``"text/html"``; ``""`` when unknown;
-    - ``body``: the body decoded with the response's charset (UTF-8 when it
-      names none or an unknown one; undecodable bytes become U+FFFD);
-      ``""`` whenever ``error`` is set;
-    - ``elapsed_s``: wall time spent on the item, retries included;
+    - ``body``: the body, uncompressed (gzip, deflate) and decoded with the
+      response's charset (UTF-8 when it names none or an unknown one;
+      undecodable bytes become U+FFFD); ``""`` whenever ``error`` is set;
+    - ``elapsed_s``: wall time spent on the item, waits and retries included;
     - ``error``: ``None``, or a one-line ``"ExcType: message"`` (see the
       module docstring). A status of 400 or more is an error.
 
     Arguments:
 
     - ``timeout_s``: limit for connecting and for each read from the socket;
-    - ``retries``: further attempts after a connection error or a 5xx
-      status, waiting ``backoff_s``, then twice as long each time. A 4xx
-      status is never retried. A keep-alive connection that the server had
-      closed is reopened once without using up a retry;
-    - ``user_agent``: the ``User-Agent`` header;
-    - ``max_bytes``: a longer body is a ``BodyTooLarge`` error;
+    - ``retries``: further attempts after a connection error, a timeout or
+      a 5xx status, waiting ``backoff_s``, then twice as long each time. A
+      4xx status and a certificate that does not verify are never retried.
+      A keep-alive connection that the server had closed is reopened once
+      by aiohttp without using up a retry;
+    - ``user_agent``: the ``User-Agent`` header, and the name looked up in
+      robots.txt;
+    - ``max_bytes``: a longer (uncompressed) body is a ``BodyTooLarge`` error;
     - ``raise_errors``: raise ``FetchError`` instead of outputting an item
       with ``error`` set, which fails the run;
     - ``min_interval_s``: politeness; the least time between the starts of
       two requests to the same (scheme, host, port) from this replica.
-      Every request counts: retries and redirect hops too. A request that
-      comes sooner waits (``time.sleep``) only for the rest of the
-      interval; one that comes later goes at once. The limit is per
+      Every request counts: retries, redirect hops and robots.txt too.
+      Concurrent requests to one host queue for their turns; a request
+      that comes later than its turn goes at once. The limit is per
       replica: ``parallelism=4`` may send a host four requests per
       interval. To hold a host to one request per interval, route its URLs
-      to one replica with ``by_key(lambda url: urlsplit(url).hostname)``.
+      to one replica with ``by_key(lambda url: urlsplit(url).hostname)``;
+    - ``per_host``: at most this many requests in flight at once to one
+      (scheme, host, port) from this replica; the others wait;
+    - ``robots``: honour robots.txt (see below).
 
-    Redirects (301, 302, 303, 307, 308) are followed up to ``MAX_REDIRECTS``
-    hops. ``https`` certificates are verified against the system's CAs.
+    With ``robots=True`` each replica fetches the ``/robots.txt`` of a
+    (scheme, host, port) once, before its first request there; requests
+    that come meanwhile wait for that one fetch. A URL it disallows for
+    ``user_agent``, the item's or one a redirect points to, is not fetched:
+    ``error`` is ``"RobotsDisallowed: <url> is disallowed by <robots.txt
+    URL>"`` and ``status`` that of the last response (``None`` unless a
+    redirect led there). The robots.txt request waits its turn like any
+    (``per_host``, ``min_interval_s``), is retried alike and follows
+    redirects; then, after RFC 9309, a 4xx status (there is no robots.txt)
+    allows everything, and a 5xx status disallows everything (and logs a
+    warning). A connection error or a timeout fails the requests that
+    waited for it with that error, as their own request would have failed,
+    and the next request to the host asks again. What was read is kept
+    until ``teardown()``: a long crawl sees robots.txt as it was at first.
 
-    >>> from flowgraph import Topology
-    >>> topo = Topology("crawl")
-    >>> @topo.source
-    ... def urls():
-    ...     yield "http://127.0.0.1:8000/index.html"
-    >>> fetch = topo.node(Fetch(timeout_s=5, min_interval_s=0.5), inputs=urls, parallelism=4, name="fetch")
+    Redirects (301, 302, 303, 307, 308) are followed here, not by aiohttp,
+    so that each hop is checked against robots.txt and spaced out by
+    ``min_interval_s``, up to ``MAX_REDIRECTS`` hops. ``https``
+    certificates are verified against the system's CAs (``SSL_CERT_FILE``
+    and ``SSL_CERT_DIR`` as they are at ``setup()``). No cookies are kept.
+    Proxies from the environment are not used.
+
+    ``setup()`` opens the session and ``teardown()`` closes it; a
+    ``process()`` called without ``setup()``, as in a unit test, opens it
+    on the running loop, and then ``teardown()`` must be awaited too. In a
+    topology, give it ``concurrency=``; requests to one host are spread
+    over at most ``per_host`` of them::
+
+        topo.node(Fetch(timeout_s=10, min_interval_s=0.5), inputs=urls, parallelism=4, concurrency=32)
+
+    >>> import asyncio
+    >>> asyncio.run(Fetch().process("ftp://valley.test/birds.txt"))["error"]
+    "ValueError: unsupported URL 'ftp://valley.test/birds.txt'; Fetch takes http:// and https:// URLs"
     """
 
     restartable = True
@@ -150,6 +235,8 @@ class Fetch:
         max_bytes: int = 10_000_000,
         raise_errors: bool = False,
         min_interval_s: float = 0.0,
+        per_host: int = 4,
+        robots: bool = True,
     ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"Fetch needs timeout_s > 0, got {timeout_s!r}")
@@ -161,6 +248,8 @@ class Fetch:
             raise ValueError(f"Fetch needs an integer max_bytes >= 1, got {max_bytes!r}")
         if not min_interval_s >= 0:
             raise ValueError(f"Fetch needs min_interval_s >= 0, got {min_interval_s!r}")
+        if isinstance(per_host, bool) or not isinstance(per_host, int) or per_host < 1:
+            raise ValueError(f"Fetch needs an integer per_host >= 1, got {per_host!r}")
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -168,15 +257,20 @@ class Fetch:
         self.max_bytes = max_bytes
         self.raise_errors = raise_errors
         self.min_interval_s = min_interval_s
-        # Opened lazily in process(); empty until then, so the instance pickles.
-        self._connections: dict[_Key, http.client.HTTPConnection] = {}
-        # When the last request to each (scheme, host, port) started, by _clock.
-        self._last_request_s: dict[_Key, float] = {}
+        self.per_host = per_host
+        self.robots = robots
+        # Made on the replica's event loop; None and empty until then, so the instance pickles.
+        self._session: aiohttp.ClientSession | None = None
+        self._hosts: dict[_Key, _Host] = {}
         # What min_interval_s and the retry backoff measure and wait with; tests put a fake clock here.
-        self._clock = time.monotonic
-        self._sleep = time.sleep
+        self._clock: Callable[[], float] = time.monotonic
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
-    def process(self, item: str | dict[str, Any]) -> dict[str, Any]:
+    async def setup(self) -> None:
+        """Open the HTTP session (its connection pool) on the running event loop."""
+        self._open_session()
+
+    async def process(self, item: str | dict[str, Any]) -> dict[str, Any]:
         """Fetch the URL of ``item`` and return the output dict described on the class.
 
         Raises ``TypeError`` for an item that is neither a string nor a dict
@@ -194,58 +288,115 @@ class Fetch:
             "error": None,
         }
         try:
-            self._follow_redirects(url, page)
+            await self._fetch_page(url, page)
         except _FETCH_FAILURES as exc:
-            error = _one_line(exc)
+            error = _describe(exc)
             if self.raise_errors:
                 raise FetchError(url, page["status"], error) from exc
             page["error"] = error
         page["elapsed_s"] = time.monotonic() - started
         return {**fields, **page}
 
-    def teardown(self) -> None:
-        """Close every open connection."""
-        for connection in self._connections.values():
-            connection.close()
-        self._connections.clear()
+    async def teardown(self) -> None:
+        """Close every connection and forget the robots.txt files; harmless without ``setup()`` or twice."""
+        session, self._session = self._session, None
+        pending = [host.robots for host in self._hosts.values() if host.robots is not None]
+        self._hosts.clear()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if session is not None:
+            await session.close()
 
-    def _follow_redirects(self, url: str, page: dict[str, Any]) -> None:
+    async def _fetch_page(self, url: str, page: dict[str, Any]) -> None:
         """Fill ``page`` from the response to ``url``, following redirects; raise on failure."""
+        response = await self._follow_redirects(url, limit=self.max_bytes, page=page)
+        if response.status >= 400:
+            raise HTTPStatusError(f"{response.status} {response.reason}")
+        if len(response.body) > self.max_bytes:
+            raise BodyTooLarge(f"body is over max_bytes={self.max_bytes}")
+        page["body"] = _decode(response.body, response.charset)
+
+    async def _follow_redirects(self, url: str, *, limit: int, page: dict[str, Any] | None = None) -> _Response:
+        """The last response to a GET of ``url``, following up to ``MAX_REDIRECTS`` redirects.
+
+        For a page (``page`` given) each hop is checked against robots.txt,
+        and ``page`` keeps the ``final_url``, ``status`` and ``content_type``
+        of the hops so far, so that they describe a failure too.
+        """
         for _ in range(MAX_REDIRECTS + 1):
-            page["final_url"] = url
-            response = self._get_with_retries(url)
-            page["status"] = response.status
-            page["content_type"] = _media_type(response.headers)
-            location = response.headers.get("Location")
-            if response.status in _REDIRECT_STATUSES and location:
-                url = urljoin(url, location.strip())
-                continue
-            if response.status >= 400:
-                raise HTTPStatusError(f"{response.status} {response.reason}")
-            if response.body is None:
-                raise BodyTooLarge(f"body is over max_bytes={self.max_bytes}")
-            page["body"] = _decode(response.body, response.headers)
-            return
+            if page is not None:
+                page["final_url"] = url
+            response = await self._get(url, limit=limit, check_robots=page is not None and self.robots)
+            if page is not None:
+                page["status"] = response.status
+                page["content_type"] = response.content_type
+            if response.location is None:
+                return response
+            url = urljoin(url, response.location)
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects; the last one pointed to {url!r}")
 
-    def _get_with_retries(self, url: str) -> _Response:
+    async def _get(self, url: str, *, limit: int, check_robots: bool) -> _Response:
+        """One GET of ``url`` (no redirects followed), after robots.txt if asked, with retries."""
         parts = urlsplit(url)
         if parts.scheme not in _DEFAULT_PORTS:
             raise ValueError(f"unsupported URL {url!r}; Fetch takes http:// and https:// URLs")
         if not parts.hostname:
             raise ValueError(f"URL {url!r} names no host")
         key = (parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS[parts.scheme])
-        target = _request_target(parts)
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._hosts[key] = _Host(self.per_host)
+        if check_robots:
+            await self._check_robots(url, parts, host)
+        return await self._get_with_retries(url, host, limit)
+
+    async def _check_robots(self, url: str, parts: SplitResult, host: _Host) -> None:
+        """Raise ``RobotsDisallowed`` unless the robots.txt of ``host`` allows ``url``."""
+        robots_url = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/robots.txt"
+        if host.robots is None:
+            host.robots = asyncio.ensure_future(self._load_robots(host, robots_url))
+        # Shielded: a cancelled item must not cancel the fetch that other items wait for.
+        rules = await asyncio.shield(host.robots)
+        if not rules.can_fetch(self.user_agent, url):
+            raise RobotsDisallowed(f"{url} is disallowed by {robots_url}")
+
+    async def _load_robots(self, host: _Host, robots_url: str) -> RobotFileParser:
+        """Fetch and parse ``robots_url``; raise (and let the next request try again) if unreachable."""
+        try:
+            response = await self._follow_redirects(robots_url, limit=ROBOTS_MAX_BYTES)
+        except (TooManyRedirects, ValueError) as exc:
+            logger.info("allowing everything: robots.txt %s cannot be had (%s)", robots_url, _describe(exc))
+            lines = _ROBOTS_ALLOW_ALL
+        except BaseException:
+            host.robots = None
+            raise
+        else:
+            if response.status >= 500:
+                logger.warning(
+                    "disallowing every URL of %s for this replica: it answered %d %s",
+                    robots_url, response.status, response.reason,
+                )
+                lines = _ROBOTS_DISALLOW_ALL
+            elif response.status >= 400:
+                lines = _ROBOTS_ALLOW_ALL
+            else:
+                lines = _decode(response.body[:ROBOTS_MAX_BYTES], response.charset).splitlines()
+        rules = RobotFileParser(robots_url)
+        rules.parse(lines)
+        return rules
+
+    async def _get_with_retries(self, url: str, host: _Host, limit: int) -> _Response:
         attempt = 0
         while True:
             try:
-                response = self._get(key, target)
-            except ValueError:
+                response = await self._exchange(url, host, limit)
+            except _PERMANENT_ERRORS:
                 raise
             except _TRANSIENT_ERRORS as exc:
                 if attempt >= self.retries:
                     raise
-                failure = _one_line(exc)
+                failure = _describe(exc)
             else:
                 if response.status < 500 or attempt >= self.retries:
                     return response
@@ -255,68 +406,57 @@ class Fetch:
             logger.info(
                 "retrying %s in %.2f s after %s (retry %d of %d)", url, delay_s, failure, attempt, self.retries
             )
-            self._sleep(delay_s)
+            await self._sleep(delay_s)
 
-    def _get(self, key: _Key, target: str) -> _Response:
-        connection = self._connections.get(key)
-        is_reused = connection is not None and connection.sock is not None
-        try:
-            return self._exchange(key, target)
-        except ConnectionError:
-            if not is_reused:
-                raise
-        # The server had closed the idle keep-alive connection (we see
-        # RemoteDisconnected, a reset or a broken pipe). That is no sign of
-        # trouble, so a fresh connection gets the (idempotent) GET again
-        # without counting it as a retry.
-        logger.debug("keep-alive connection to %s:%s was closed by the server; reconnecting", key[1], key[2])
-        return self._exchange(key, target)
-
-    def _exchange(self, key: _Key, target: str) -> _Response:
-        """Send one GET on the pooled connection for ``key`` and read the whole response."""
-        connection = self._connections.get(key)
-        if connection is None:
-            connection = self._connections[key] = self._open(key)
-        self._wait_for_turn(key)
-        try:
-            connection.request("GET", target, headers={"User-Agent": self.user_agent, "Accept": "*/*"})
-            response = connection.getresponse()
-            body = self._read_body(response)
-        except BaseException:
-            # A half-read response leaves the connection unusable.
-            self._connections.pop(key).close()
-            raise
-        if body is None:
-            self._connections.pop(key).close()
-        return _Response(response.status, response.reason, response.headers, body)
-
-    def _wait_for_turn(self, key: _Key) -> None:
-        """Sleep until ``min_interval_s`` has passed since the last request to ``key`` started."""
-        if not self.min_interval_s:
-            return
-        last_s = self._last_request_s.get(key)
-        if last_s is not None:
-            wait_s = last_s + self.min_interval_s - self._clock()
-            if wait_s > 0:
-                logger.debug("waiting %.3f s before the next request to %s:%s", wait_s, key[1], key[2])
-                self._sleep(wait_s)
-        self._last_request_s[key] = self._clock()
-
-    def _open(self, key: _Key) -> http.client.HTTPConnection:
-        scheme, host, port = key
-        if scheme == "https":
-            return http.client.HTTPSConnection(
-                host, port, timeout=self.timeout_s, context=ssl.create_default_context()
+    async def _exchange(self, url: str, host: _Host, limit: int) -> _Response:
+        """Send one GET when it is ``host``'s turn and read at most ``limit + 1`` bytes of the body."""
+        session = self._open_session()
+        async with self._turn(host), session.get(url, allow_redirects=False) as response:
+            # A body left partly unread makes aiohttp close the connection, not pool it.
+            body = await _read_at_most(response.content, limit + 1)
+            return _Response(
+                response.status,
+                response.reason or "",
+                _media_type(response.headers.get("Content-Type", "")),
+                response.charset,
+                _redirect_location(response.status, response.headers.get("Location", "")),
+                body,
             )
-        return http.client.HTTPConnection(host, port, timeout=self.timeout_s)
 
-    def _read_body(self, response: http.client.HTTPResponse) -> bytes | None:
-        """The whole body, or ``None`` if it is longer than ``max_bytes`` (then partly unread)."""
-        announced = response.headers.get("Content-Length", "").strip()
-        if announced.isdigit() and int(announced) > self.max_bytes:
-            return None
-        body = response.read(self.max_bytes + 1)
-        return body if len(body) <= self.max_bytes else None
+    @contextlib.asynccontextmanager
+    async def _turn(self, host: _Host) -> AsyncIterator[None]:
+        """Hold one of ``host``'s ``per_host`` slots, from the wait for this request's turn until the exit.
+
+        Requests wait for their turns one after the other, and a start is
+        taken once the wait is over, so that no sleep that ends late can
+        bring two starts closer than ``min_interval_s``.
+        """
+        async with host.slots:
+            if self.min_interval_s:
+                async with host.turn:
+                    wait_s = host.last_start_s + self.min_interval_s - self._clock()
+                    if wait_s > 0:
+                        logger.debug("waiting %.3f s for a turn", wait_s)
+                        await self._sleep(wait_s)
+                    host.last_start_s = self._clock()
+            yield
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        """The session, opened on the running loop if it is not yet."""
+        if self._session is None:
+            # aiohttp's own default context is made once, when aiohttp is
+            # imported; a context of our own reads SSL_CERT_FILE now.
+            connector = aiohttp.TCPConnector(
+                limit=MAX_CONNECTIONS, limit_per_host=self.per_host, ssl=ssl.create_default_context()
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s),
+                headers={"User-Agent": self.user_agent, "Accept": "*/*"},
+                auto_decompress=True,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
 
 
 def _url_and_fields(item: Any) -> tuple[str, dict[str, Any]]:
@@ -329,26 +469,46 @@ def _url_and_fields(item: Any) -> tuple[str, dict[str, Any]]:
     )
 
 
-def _request_target(parts: SplitResult) -> str:
-    """The path and query to send, with characters outside ASCII percent-encoded."""
-    target = parts.path or "/"
-    if parts.query:
-        target = f"{target}?{parts.query}"
-    return quote(target, safe="/?&=%:@!$'()*+,;~-._")
+async def _read_at_most(content: aiohttp.StreamReader, size: int) -> bytes:
+    """The body, or its first ``size`` bytes if it is longer (then the rest is left unread)."""
+    chunks: list[bytes] = []
+    read = 0
+    async for chunk in content.iter_chunked(_CHUNK_BYTES):
+        chunks.append(chunk)
+        read += len(chunk)
+        if read >= size:
+            break
+    return b"".join(chunks)[:size]
 
 
-def _media_type(headers: http.client.HTTPMessage) -> str:
-    return headers.get("Content-Type", "").split(";")[0].strip().lower()
+def _media_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
 
 
-def _decode(body: bytes, headers: http.client.HTTPMessage) -> str:
-    charset = headers.get_content_charset() or "utf-8"
+def _redirect_location(status: int, location: str) -> str | None:
+    location = location.strip()
+    return location if status in _REDIRECT_STATUSES and location else None
+
+
+def _decode(body: bytes, charset: str | None) -> str:
     try:
-        return body.decode(charset, errors="replace")
+        return body.decode(charset or "utf-8", errors="replace")
     except LookupError:
         return body.decode("utf-8", errors="replace")
 
 
-def _one_line(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:
+    """The one-line ``"ExcType: message"`` of a failure, naming what aiohttp wraps."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return _one_line(exc.certificate_error)
+    if isinstance(exc, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError too
+        return _one_line(exc, name="TimeoutError")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return _one_line(exc, name=type(exc.os_error).__name__)
+    return _one_line(exc)
+
+
+def _one_line(exc: BaseException, name: str | None = None) -> str:
+    name = name or type(exc).__name__
     message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"{name}: {message}" if message else name

@@ -79,7 +79,8 @@ def test_the_package_exports_exactly_its_public_names():
     assert flowgraph.__all__ == [
         "BufferSettings", "CheckpointError", "Context", "DeadLetter", "ErrorStream", "FlowgraphError", "Grouping",
         "Handle", "HostError", "NodeReport", "Phase", "Plan", "ReplicaReport", "RunFailed", "RunInterrupted",
-        "RunReport", "Timeouts", "Topology", "TopologyError", "broadcast", "by_key", "context", "run", "shuffle",
+        "RunReport", "Timeouts", "Topology", "TopologyError", "broadcast", "by_key", "context", "feedback", "run",
+            "shuffle",
     ]
     assert all(getattr(flowgraph, name) is not None for name in flowgraph.__all__)
     assert flowgraph.testing.__all__ == ["Collected", "ListSource", "assert_same_items", "replica_context",

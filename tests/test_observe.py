@@ -88,7 +88,7 @@ def test_progress_lines_show_the_slow_sink_as_the_bottleneck(tmp_path):
     assert code == 0, stderr
     lines = [line for line in stderr.splitlines() if line.startswith("progress: ")]
     assert any(re.match(r"progress: store 1/1 alive in=\d+ out=0 rate=\d+/s busy=\d+% input_full=\d+% "
-                        r"output_full=- BOTTLENECK", line) for line in lines), stderr
+                        r"output_full=- in_flight=\d+ BOTTLENECK", line) for line in lines), stderr
     assert "topology 'slow-sink' (local): done in" in stderr
     assert stdout == ""
 

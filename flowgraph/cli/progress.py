@@ -7,7 +7,10 @@ samples of them this module computes, per node:
 - ``busy``: the share of time its replicas spent in user code;
 - ``input_full``: the share of time its upstream replicas waited to send to
   it, i.e. how often its input buffers were full;
-- ``output_full``: the share of time it waited to send downstream.
+- ``output_full``: the share of time it waited to send downstream;
+- ``in_flight``: items its replicas have taken and not completed (with
+  ``concurrency=``, up to that many per replica), and ``spilled``: the
+  messages its feedback edges wrote to disk (a loop).
 
 A node whose input is full while its output is not is the **bottleneck**:
 everything upstream waits for it and nothing downstream holds it back. The
@@ -56,6 +59,8 @@ class NodeRow:
     skipped: int = 0
     dead_lettered: int = 0
     restarts: int = 0
+    in_flight: int = 0
+    spilled: int = 0
 
     @property
     def gave_trouble(self) -> bool:
@@ -107,6 +112,8 @@ def node_rows(plan: Plan, earlier: Stats, later: Stats, seconds: float, alive: s
             skipped=total("skipped"),
             dead_lettered=total("dead_lettered"),
             restarts=total("incarnation"),
+            in_flight=total("in_flight"),
+            spilled=total("spilled"),
             rate=sum(delta(replica, counted) for replica in ids) / seconds,
             busy=min(1.0, sum(delta(replica, "busy_s") for replica in ids) / (seconds * len(ids))),
             input_full=None if input_full is None else min(1.0, input_full),
@@ -172,7 +179,9 @@ class ProgressLines:
         lines = [
             f"progress: {row.name} {row.alive}/{row.replicas} alive in={row.items_in} out={row.items_out} "
             f"rate={row.rate:.0f}/s busy={_percent(row.busy)} input_full={_percent(row.input_full)} "
-            f"output_full={_percent(row.output_full)}{' BOTTLENECK' if row.bottleneck else ''}"
+            f"output_full={_percent(row.output_full)} in_flight={row.in_flight}"
+            + (f" spilled={row.spilled}" if row.spilled else "")
+            + (" BOTTLENECK" if row.bottleneck else "")
             + (f" errors={row.errors} retries={row.retries} skipped={row.skipped} dead_lettered={row.dead_lettered}"
                f" restarts={row.restarts}" if row.gave_trouble else "")
             for row in rows
@@ -209,12 +218,16 @@ class LiveTable:
 
         table = Table(title=self._title, title_justify="left", expand=False)
         trouble = any(row.gave_trouble for row in self._rows)
-        columns = ["node", "replicas", "in", "out", "rate/s", "busy", "input full", "output full"]
+        columns = ["node", "replicas", "in", "out", "in flight", "rate/s", "busy", "input full", "output full"]
+        spills = any(row.spilled for row in self._rows)
+        columns += ["spilled"] if spills else []
         for column in [*columns, *(_TROUBLE if trouble else ()), ""]:
             table.add_column(column, justify="left" if column in ("node", "") else "right")
         for row in self._rows:
             cells = [row.name, f"{row.alive}/{row.replicas}", str(row.items_in), str(row.items_out),
-                     f"{row.rate:,.0f}", _percent(row.busy), _percent(row.input_full), _percent(row.output_full)]
+                     str(row.in_flight), f"{row.rate:,.0f}", _percent(row.busy), _percent(row.input_full),
+                     _percent(row.output_full)]
+            cells += [str(row.spilled)] if spills else []
             if trouble:
                 cells += [str(row.errors), str(row.retries), str(row.skipped), str(row.dead_lettered),
                           str(row.restarts)]

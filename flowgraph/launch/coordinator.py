@@ -25,7 +25,9 @@ every replica to commit a complete one, and when all are done takes the
 final checkpoint and waits for every replica's commit before the
 shutdown; a lost replica there is not restarted alone: ``RollBack`` tells
 the runner to stop every replica and start them all from the last
-complete checkpoint (``roll_back``). After a failure or an interrupt, ``stop`` asks every replica to
+complete checkpoint (``roll_back``). In a run with loops it probes each loop's replicas in waves
+(``loops.LoopWatch``) and tells the loop's heads to finish once the loop
+drained. After a failure or an interrupt, ``stop`` asks every replica to
 stop and keeps listening while they end, so the report has their last
 counters. Messages without this run's token are logged and dropped before
 anything in them is decoded.
@@ -53,8 +55,10 @@ from ..wire.control import (
     Commit,
     Committed,
     Done,
+    Drained,
     Failed,
     Heartbeat,
+    LoopCounts,
     Message,
     Ready,
     Register,
@@ -69,6 +73,7 @@ from ..wire.control import (
 )
 from .base import Backend, Exit
 from .checkpoints import Checkpointer
+from .loops import LoopWatch
 from .supervisor import Restart, Supervisor
 
 log = logging.getLogger(__name__)
@@ -111,6 +116,8 @@ class Coordinator:
         self._backend = backend
         self._timeouts = timeouts
         self._replicas: dict[str, ReplicaPlan] = {r.id: r for r in plan.replicas}
+        self._loops = [LoopWatch(loop.index, frozenset(r.id for r in plan.replicas if r.node in loop.nodes))
+                       for loop in plan.loops]
         wiring = Wiring(backend.control_bind, curve=curve)
         self._socket = context.socket(zmq.ROUTER)
         self._socket.linger = 0
@@ -170,6 +177,8 @@ class Coordinator:
                 raise self._failure(missing[0], f"did not register within {timeouts.register_s:g} s")
             if self.checkpointer is not None and self._start_sent:
                 self._checkpoint()
+            if self._loops and self._start_sent:
+                self._probe_loops(now)
             if on_tick is not None:
                 on_tick()
         if self.checkpointer is not None and self._final is not None:
@@ -198,6 +207,23 @@ class Coordinator:
             for replica_id in sources:
                 if replica_id in self._identities:
                     self._send(replica_id, Checkpoint(checkpoint))
+
+    def _probe_loops(self, now: float) -> None:
+        """Start the next wave of each loop not drained yet, when it is due."""
+        for watch in self._loops:
+            probe = watch.probe(now)
+            if probe is not None:
+                for replica_id in watch.replicas:
+                    self._send(replica_id, probe)
+
+    def _loop_answered(self, replica_id: str, counts: LoopCounts) -> None:
+        watch = self._loops[counts.loop] if 0 <= counts.loop < len(self._loops) else None
+        if watch is not None and watch.answer(replica_id, counts):
+            log.info("loop %d drained: its heads finish", counts.loop)
+            heads = self._plan.loops[counts.loop].heads
+            for replica in self._plan.replicas:
+                if replica.node in heads:
+                    self._send(replica.id, Drained(counts.loop))
 
     def roll_back(self, decision: Restart) -> None:
         """Stop every replica (killing what does not end) and forget them: the runner starts them all again."""
@@ -298,6 +324,8 @@ class Coordinator:
                                                      message.final)
                 if completed is not None:
                     self._broadcast(Commit(completed))
+        elif isinstance(message, LoopCounts):
+            self._loop_answered(replica_id, message)
         elif isinstance(message, Committed):
             if message.checkpoint == self._final:
                 self._committed.add(replica_id)

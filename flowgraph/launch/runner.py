@@ -378,6 +378,8 @@ def _report(plan: Plan, launch: _Launch, stats: Mapping[str, ReplicaStats], stat
                 restarts=len(supervisor.reasons(replica.id)),
                 restarted_because=supervisor.reasons(replica.id),
                 replayed=counters.replayed,
+                peak_in_flight=counters.peak_in_flight,
+                spilled=counters.spilled,
             ))
         nodes[node.name] = NodeReport(node.name, node.kind.value, tuple(replicas))
     started = launch.coordinator.started_at or ended

@@ -1,7 +1,8 @@
 """Pictures of a topology: Graphviz DOT, Mermaid, and SVG through Graphviz's ``dot``.
 
-Every node shows its kind and parallelism, every edge its grouping and how
-many producer and consumer replicas it joins.
+Every node shows its kind and parallelism (and concurrency, when above
+one), every edge its grouping and how many producer and consumer replicas
+it joins. A loop's feedback edge is dashed and labelled ``feedback``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import FlowgraphError
-from .plan import Plan
+from .plan import NodePlan, Plan
 
 FORMATS = (".dot", ".mmd", ".svg")
 
@@ -45,11 +46,12 @@ def to_dot(plan: Plan) -> str:
              '  node [shape=box, style=rounded, fontname="Helvetica"];',
              '  edge [fontname="Helvetica", fontsize=10];']
     for node in plan.nodes:
-        label = node.name + "\\n" + f"{node.kind.value} ×{node.parallelism}"
+        label = node.name + "\\n" + _node_text(node)
         lines.append(f"  {_dot(node.name)} [label={_dot(label)}];")
     for edge in plan.edges:
-        label = str(edge.grouping) + "\\n" + f"{edge.producers}→{edge.consumers}"
-        lines.append(f"  {_dot(edge.upstream)} -> {_dot(edge.downstream)} [label={_dot(label)}];")
+        label = ("feedback " if edge.feedback else "") + f"{edge.grouping}\\n{edge.producers}→{edge.consumers}"
+        style = ", style=dashed, constraint=false" if edge.feedback else ""
+        lines.append(f"  {_dot(edge.upstream)} -> {_dot(edge.downstream)} [label={_dot(label)}{style}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -59,10 +61,11 @@ def to_mermaid(plan: Plan) -> str:
     ids = {node.name: f"n{index}" for index, node in enumerate(plan.nodes)}
     lines = ["flowchart LR"]
     for node in plan.nodes:
-        lines.append(f'    {ids[node.name]}["{_mermaid(node.name)}<br/>{node.kind.value} ×{node.parallelism}"]')
+        lines.append(f'    {ids[node.name]}["{_mermaid(node.name)}<br/>{_mermaid(_node_text(node))}"]')
     for edge in plan.edges:
-        label = _mermaid(f"{edge.grouping} {edge.producers}→{edge.consumers}")
-        lines.append(f'    {ids[edge.upstream]} -->|"{label}"| {ids[edge.downstream]}')
+        label = _mermaid(("feedback " if edge.feedback else "") + f"{edge.grouping} {edge.producers}→{edge.consumers}")
+        arrow = "-.->" if edge.feedback else "-->"
+        lines.append(f'    {ids[edge.upstream]} {arrow}|"{label}"| {ids[edge.downstream]}')
     return "\n".join(lines) + "\n"
 
 
@@ -93,6 +96,12 @@ def draw(plan: Plan, path: str | Path) -> None:
         path.write_bytes(to_svg(plan))
     else:
         raise DrawingError(f"cannot draw {str(path)!r}: the file name must end in {', '.join(FORMATS)}")
+
+
+def _node_text(node: NodePlan) -> str:
+    """``node ×4``, or ``node ×4, 32 in flight`` for a node with concurrency."""
+    text = f"{node.kind.value} ×{node.parallelism}"
+    return text + (f", {node.concurrency} in flight" if node.concurrency > 1 else "")
 
 
 def _dot(text: str) -> str:

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
         retry_backoff_s: float
         max_errors: int | None
         restarts: int | None
+        concurrency: int
+        ordered: bool
 
 
 class GroupingKind(enum.Enum):
@@ -117,6 +119,42 @@ def broadcast(**settings: Any) -> Grouping:
     return Grouping(GroupingKind.BROADCAST, settings=_settings("broadcast()", settings))
 
 
+class Feedback:
+    """An input that closes a loop: the output of a node declared later comes back (``feedback("name")``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"feedback({self.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Feedback) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash((Feedback, self.name))
+
+
+def feedback(name: str) -> Feedback:
+    """The output of node ``name``, declared later, as an input of this node: a loop (DESIGN §8).
+
+    Used in ``inputs=`` as a dict key with its grouping (``shuffle()`` or
+    ``by_key()``; a broadcast cannot close a loop) or as a list element
+    (``shuffle()``). A cycle must pass through a feedback edge; such an edge
+    never blocks its producer (beyond its memory budget it overflows to
+    disk), and the run ends once every source ended and nothing is in
+    flight in the loop (``flowgraph.runtime.loops``).
+
+    >>> feedback("links")
+    feedback('links')
+    """
+    if not isinstance(name, str) or not name:
+        raise TopologyError(f"feedback() takes the name of a node declared later, not {name!r}")
+    return Feedback(name)
+
+
 def _settings(what: str, settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     problems = check_settings(settings)
     if problems:
@@ -145,6 +183,8 @@ class InputSpec:
     grouping: Grouping
     stream: str = ITEMS
     """``items``, or ``errors`` for the upstream's dead letters (``fetch.errors``)."""
+    feedback: bool = False
+    """A loop's way back (``feedback("name")``): the upstream is declared later and fed by this node."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +202,11 @@ class NodeSpec:
     """Hosts this node is pinned to (``hosts=``); empty when unpinned."""
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
     """What it does when its code raises, and its restart budget (``on_error=``, ``restarts=``, ...)."""
+    concurrency: int = 1
+    """Items of one replica in flight at once (``concurrency=``): on its event loop (``async def process``),
+    else on that many threads."""
+    ordered: bool = True
+    """With concurrency: outputs leave in input order (``ordered=False``: as each item completes)."""
 
     @property
     def restartable(self) -> bool:
@@ -232,7 +277,7 @@ class ErrorStream:
         return f"<errors of {self.handle!r}>"
 
 
-Upstream = Handle | ErrorStream | str | type
+Upstream = Handle | ErrorStream | Feedback | str | type
 """An input of a node: its handle or its name, as a type checker sees it.
 
 ``type`` is there for mypy, which ignores what a class decorator returns
@@ -321,9 +366,13 @@ class Topology:
         ``inputs=`` is a handle, a node name, a list of them, or a dict
         ``{handle: grouping}``; the default grouping is ``shuffle()``. A
         handle's ``.errors`` is the error stream of a node that dead-letters.
-        The error policy (``on_error=``, ``retries=``, ``retry_on=``,
-        ``retry_backoff_s=``, ``max_errors=``, ``restarts=``) is described
-        in ``flowgraph.model.policy``. Returns the ``Handle``, or with keywords
+        ``feedback("name")`` in ``inputs=`` closes a loop through a node
+        declared later. The error policy (``on_error=``, ``retries=``,
+        ``retry_on=``, ``retry_backoff_s=``, ``max_errors=``, ``restarts=``)
+        is described in ``flowgraph.model.policy``. ``concurrency=N`` lets
+        each replica have N items in flight: an ``async def process`` runs
+        them on the replica's event loop, a blocking one on N threads;
+        outputs keep input order unless ``ordered=False``. Returns the ``Handle``, or with keywords
         only the decorator that returns it. Raises ``TopologyError`` when the
         function (or ``process``) cannot be called with one item, or the
         policy is malformed.
@@ -342,7 +391,7 @@ class Topology:
     def sink(self, code: object = None, /, *, inputs: InputsArg = None, name: str | None = None,
              parallelism: int = 1, hosts: Iterable[str] | None = None,
              **policy: Unpack[PolicyKeywords]) -> Handle | Callable[[object], Handle]:
-        """Declare a sink: like ``node``, but what it returns or yields is dropped."""
+        """Declare a sink: like ``node`` (``concurrency=`` too), but what it returns or yields is dropped."""
         return self._declare(NodeKind.SINK, code, name, parallelism, hosts, inputs, policy)
 
     def spec(self) -> TopologySpec:
@@ -408,6 +457,13 @@ class Topology:
             input_specs: tuple[InputSpec, ...] = ()
         else:
             input_specs = self._input_specs(what, inputs)
+        keywords = dict(policy)
+        concurrency = keywords.pop("concurrency", 1)
+        ordered = keywords.pop("ordered", True)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise TopologyError(f"{what} has concurrency {concurrency!r}; it must be an integer >= 1")
+        if not isinstance(ordered, bool):
+            raise TopologyError(f"{what}: ordered={ordered!r}; it must be True or False")
         self._nodes.append(
             NodeSpec(
                 name=node_name,
@@ -417,7 +473,9 @@ class Topology:
                 parallelism=parallelism,
                 inputs=input_specs,
                 hosts=_host_tuple(what, hosts),
-                policy=_policy(what, policy),
+                policy=_policy(what, keywords),
+                concurrency=concurrency,
+                ordered=ordered,
             )
         )
         return Handle(self, node_name, kind, code)
@@ -429,7 +487,7 @@ class Topology:
             )
         if isinstance(inputs, Mapping):
             pairs = list(inputs.items())
-        elif isinstance(inputs, (Handle, ErrorStream, str)):
+        elif isinstance(inputs, (Handle, ErrorStream, Feedback, str)):
             pairs = [(inputs, shuffle())]
         elif isinstance(inputs, Iterable):
             pairs = [(upstream, shuffle()) for upstream in inputs]
@@ -437,6 +495,9 @@ class Topology:
             raise TopologyError(f"{what}: inputs= takes a handle, a name, a list or a dict, not {inputs!r}")
         specs: list[InputSpec] = []
         for upstream, grouping in pairs:
+            if isinstance(upstream, Feedback):
+                specs.append(self._feedback_spec(what, upstream, grouping, specs))
+                continue
             stream = ERRORS if isinstance(upstream, ErrorStream) else ITEMS
             handle = upstream.handle if isinstance(upstream, ErrorStream) else upstream
             upstream_name = self._upstream_name(what, handle)
@@ -450,6 +511,15 @@ class Topology:
                 raise TopologyError(f"{what} lists input {label!r} twice")
             specs.append(InputSpec(upstream_name, grouping, stream))
         return tuple(specs)
+
+    def _feedback_spec(self, what: str, upstream: Feedback, grouping: Any, specs: list[InputSpec]) -> InputSpec:
+        label = repr(upstream)
+        if not isinstance(grouping, Grouping) or grouping.kind is GroupingKind.BROADCAST:
+            raise TopologyError(f"{what}: input {label} has grouping {grouping!r}; a feedback edge takes "
+                                "shuffle() or by_key(...) (a broadcast cannot close a loop)")
+        if any(spec.upstream == upstream.name for spec in specs):
+            raise TopologyError(f"{what} lists input {upstream.name!r} twice")
+        return InputSpec(upstream.name, grouping, ITEMS, feedback=True)
 
     def _upstream_name(self, what: str, upstream: Any) -> str:
         if isinstance(upstream, str):
@@ -492,6 +562,7 @@ def _policy(what: str, keywords: Mapping[str, Any]) -> ErrorPolicy:
     """The ``ErrorPolicy`` of a declaration's keywords; a keyword that is no policy's is a ``TopologyError``."""
     unknown = sorted(set(keywords) - set(inspect.signature(ErrorPolicy.declared).parameters) - {"what"})
     if unknown:
-        raise TopologyError(f"{what}: unexpected keyword {', '.join(map(repr, unknown))}; the policy keywords "
-                            "are on_error, retries, retry_on, retry_backoff_s, max_errors and restarts")
+        raise TopologyError(f"{what}: unexpected keyword {', '.join(map(repr, unknown))}; besides concurrency "
+                            "and ordered, the keywords are on_error, retries, retry_on, retry_backoff_s, "
+                            "max_errors and restarts")
     return ErrorPolicy.declared(what, **keywords)

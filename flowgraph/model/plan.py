@@ -29,6 +29,13 @@ so end of stream and by_key need a socket per pair):
 
 Memory per (producer replica, consumer replica) pair is bounded by
 ``BufferSettings``: see ``BufferSettings.pair_bound``.
+
+A loop (a strongly connected component closed by ``feedback(...)`` edges)
+is a ``LoopPlan``: its nodes and its heads (the nodes a feedback edge comes
+into). Feedback edges are PUSH/PULL, never demand-driven (their producer
+must never wait for credit: beyond its memory budget it spills to disk),
+and their end of stream is not awaited before ``finish()``: a head
+finishes once the launcher found its loop drained (``runtime.loops``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from ..errors import TopologyError
 from ..settings import BufferSettings, size_text
 from .dsl import ERRORS, ITEMS, Grouping, GroupingKind, NodeKind, NodeSpec, TopologySpec
 from .hosts import LOCALHOST, Host, deal, parse_hosts
@@ -63,6 +71,23 @@ class NodePlan:
     """Whether it may be restarted without a checkpoint (``NodeSpec.restartable``)."""
     hosts: tuple[str, ...] = ()
     """The hosts it is pinned to (``hosts=``); empty: any host of the run."""
+    concurrency: int = 1
+    """Items of one replica in flight at once (``concurrency=``)."""
+    ordered: bool = True
+    """With concurrency: outputs leave in input order."""
+    loop: int | None = None
+    """The index of the loop it is in (``Plan.loops``), or None."""
+
+
+@dataclass(frozen=True)
+class LoopPlan:
+    """One loop: the nodes of a strongly connected component, and its heads (fed by its feedback edges)."""
+
+    index: int
+    nodes: tuple[str, ...]
+    """In plan order."""
+    heads: tuple[str, ...]
+    """The nodes a feedback edge of the loop comes into: they finish once the loop drained."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,11 @@ class EdgePlan:
     """``items``, or ``errors``: the upstream's dead letters (always pickled: they carry any item)."""
     acked: bool = False
     """Consumers acknowledge what they processed and producers keep it until then (a run with restarts)."""
+    feedback: bool = False
+    """A loop's way back (``feedback("name")``): it never blocks its producer, and its end of stream comes
+    after its consumer finished."""
+    loop: int | None = None
+    """The loop both its ends are in (its items count for the loop's termination), or None."""
 
     @property
     def sockets(self) -> tuple[str, str]:
@@ -116,7 +146,7 @@ class EdgePlan:
     @property
     def uses_credit(self) -> bool:
         """Items go where credit was granted (a shuffle to more than one consumer replica)."""
-        return self.grouping.kind is GroupingKind.SHUFFLE and self.consumers > 1
+        return self.grouping.kind is GroupingKind.SHUFFLE and self.consumers > 1 and not self.feedback
 
 
 @dataclass(frozen=True)
@@ -146,9 +176,12 @@ class ReplicaPlan:
     kind: NodeKind
     host: str
     eos_expected: int
-    """End-of-stream marks to receive (one per upstream replica per input edge) before finish()."""
+    """End-of-stream marks to receive (one per upstream replica per input edge but feedback edges) before
+    finish()."""
     binds: tuple[BindPlan, ...]
     connects: tuple[ConnectPlan, ...]
+    feedback_eos: int = 0
+    """End-of-stream marks that come on feedback edges, after finish() (a loop's head)."""
 
     @property
     def id(self) -> str:
@@ -171,6 +204,7 @@ class Plan:
     checkpointing: bool = False
     """A run with ``--checkpoint``: barriers flow, and a failure rolls every replica back to a checkpoint
     (so edges are not acknowledged)."""
+    loops: tuple[LoopPlan, ...] = ()
 
     def host_or_spare(self, name: str) -> Host:
         """The host called ``name``, among those that run replicas or the spare ones."""
@@ -271,10 +305,15 @@ def plan_run(
     """
     from .graph import topological_order  # networkx: not needed by workers, which unpickle plans
 
-    order = topological_order(spec)
+    order, components = topological_order(spec)
+    position = {name: index for index, name in enumerate(order)}
+    loop_of = {name: index for index, component in enumerate(sorted(components, key=lambda c: min(
+        position[name] for name in c))) for name in component}
     run_hosts = _hosts(hosts) if hosts else (Host(LOCALHOST),)
-    nodes = tuple(_node(spec.node(name), index, restarts) for index, name in enumerate(order))
+    nodes = tuple(_node(spec.node(name), index, restarts, loop_of.get(name)) for index, name in enumerate(order))
     restartable = any(node.restarts > 0 for node in nodes)
+    if components:
+        _check_loops_supported(spec, loop_of, restartable, checkpointing)
     acked = restartable and not checkpointing
     parallelism = {node.name: node.parallelism for node in nodes}
     base = buffers or BufferSettings().with_overrides(dict(spec.settings))
@@ -282,9 +321,15 @@ def plan_run(
         base = base.with_overrides({"hwm": hwm})
     edges = tuple(
         EdgePlan(edge.upstream, name, edge.grouping, parallelism[edge.upstream], parallelism[name],
-                 _edge_buffers(base, edge.grouping.settings, edge.stream), edge.stream, acked)
+                 _edge_buffers(base, edge.grouping.settings, edge.stream), edge.stream, acked, edge.feedback,
+                 loop_of.get(name) if loop_of.get(name) == loop_of.get(edge.upstream, -1) else None)
         for name in order
         for edge in spec.node(name).inputs
+    )
+    loops = tuple(
+        LoopPlan(index, tuple(node.name for node in nodes if node.loop == index),
+                 tuple(dict.fromkeys(edge.downstream for edge in edges if edge.feedback and edge.loop == index)))
+        for index in range(len(components))
     )
     replicas = []
     dealt = 0
@@ -302,12 +347,26 @@ def plan_run(
                                                            for name in node.hosts)]}
     spares = tuple(host for name, host in every_host.items() if name not in used) if restartable else ()
     return Plan(spec.name, nodes, edges, tuple(replicas),
-                tuple(host for name, host in every_host.items() if name in used), base, spares, checkpointing)
+                tuple(host for name, host in every_host.items() if name in used), base, spares, checkpointing,
+                loops)
 
 
-def _node(spec: NodeSpec, index: int, restarts: int) -> NodePlan:
+def _node(spec: NodeSpec, index: int, restarts: int, loop: int | None) -> NodePlan:
     budget = spec.policy.restarts if spec.policy.restarts is not None else restarts
-    return NodePlan(spec.name, spec.kind, index, spec.parallelism, spec.policy, budget, spec.restartable, spec.hosts)
+    return NodePlan(spec.name, spec.kind, index, spec.parallelism, spec.policy, budget, spec.restartable, spec.hosts,
+                    spec.concurrency, spec.ordered, loop)
+
+
+def _check_loops_supported(spec: TopologySpec, loop_of: dict[str, int], restarts: bool, checkpointing: bool) -> None:
+    """A topology with a loop runs without restarts and checkpoints: a replayed or rolled-back item would be
+    counted twice by the loop's termination detection, and a barrier cannot align around a cycle."""
+    looped = ", ".join(repr(name) for name in loop_of)
+    if checkpointing:
+        raise TopologyError(f"topology {spec.name!r} has a loop (nodes {looped}); checkpoints do not cover "
+                            "loops yet: run it without --checkpoint (docs/checkpoints.md)")
+    if restarts:
+        raise TopologyError(f"topology {spec.name!r} has a loop (nodes {looped}); restarts do not cover loops "
+                            "yet: run it without --restarts and restarts= (docs/dsl.md, Loops)")
 
 
 def _edge_buffers(base: BufferSettings, own: tuple[tuple[str, object], ...], stream: str) -> BufferSettings:
@@ -361,9 +420,10 @@ def _replica(
         index=index,
         kind=node.kind,
         host=host,
-        eos_expected=sum(parallelism[edge.upstream] for edge in inputs),
+        eos_expected=sum(parallelism[edge.upstream] for edge in inputs if not edge.feedback),
         binds=tuple(binds),
         connects=tuple(connects),
+        feedback_eos=sum(parallelism[edge.upstream] for edge in inputs if edge.feedback),
     )
 
 
@@ -371,6 +431,12 @@ def _restarts(node: NodePlan) -> str:
     if not node.restarts:
         return ""
     return f"restarts={node.restarts}" + ("" if node.restartable else " (not restartable: keeps state)")
+
+
+def _concurrency(node: NodePlan) -> str:
+    if node.concurrency == 1:
+        return ""
+    return f"concurrency={node.concurrency}" + ("" if node.ordered else " (unordered)")
 
 
 def broadcast_slot(edge: EdgePlan) -> str:
@@ -409,7 +475,7 @@ def describe_plan(plan: Plan) -> str:
     for node in plan.nodes:
         hosts = sorted({r.host for r in plan.replicas if r.node == node.name})
         eos = plan.replica(node.name, 0).eos_expected
-        policy = " ".join(filter(None, [node.policy.describe(), _restarts(node)]))
+        policy = " ".join(filter(None, [node.policy.describe(), _restarts(node), _concurrency(node)]))
         lines.append(
             f"  {node.name:<20} {node.kind.value:<6} parallelism={node.parallelism}  "
             f"eos_expected={eos}  hosts={','.join(hosts)}" + (f"  {policy}" if policy else "")
@@ -422,7 +488,11 @@ def describe_plan(plan: Plan) -> str:
             f"  {edge.name:<30} {edge.grouping!s:<18} {producer}->{consumer}  "
             f"{edge.producers}x{edge.consumers} pairs"
             + (f"  [{', '.join(f'{name}={value!r}' for name, value in own.items())}]" if own else "")
+            + ("  feedback (overflows to disk)" if edge.feedback else "")
         )
+    for loop in plan.loops:
+        lines += ["", f"loop {loop.index}: {' -> '.join(loop.nodes)}; heads {', '.join(loop.heads)} finish once "
+                      "every source ended and nothing is in flight in the loop"]
     buffers = plan.buffers
     _, _, bound = buffers.pair_bound()
     lines += [

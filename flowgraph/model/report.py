@@ -48,6 +48,10 @@ class ReplicaReport:
     """Why, each time: ``died: killed by SIGKILL``, ``stopped answering: ...``, ``failed in process(): ...``."""
     replayed: int = 0
     """Items it sent again to restarted consumers."""
+    peak_in_flight: int = 0
+    """The most items it had in flight at once (``concurrency=``; 0 for a node without)."""
+    spilled: int = 0
+    """Messages its feedback edges wrote to disk because their consumers had no room (a loop)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,15 @@ class NodeReport:
         return sum(r.replayed for r in self.replicas)
 
     @property
+    def peak_in_flight(self) -> int:
+        """The replicas' peaks of items in flight, added up."""
+        return sum(r.peak_in_flight for r in self.replicas)
+
+    @property
+    def spilled(self) -> int:
+        return sum(r.spilled for r in self.replicas)
+
+    @property
     def wall_s(self) -> float:
         """The longest replica's wall time."""
         return max(r.wall_s for r in self.replicas)
@@ -148,8 +161,9 @@ class RunReport:
     def summary(self) -> str:
         """A plain-text table: one row per node, then one per replica when there are several.
 
-        The columns of the error policies (errors, retries, skipped, dead)
-        are there when some replica counted any.
+        The columns of the error policies (errors, retries, skipped, dead),
+        of concurrency (peak in flight) and of loops (spilled) are there
+        when some replica counted any.
         """
         if self.status == "already finished":
             return (f"topology {self.topology!r}: the run in its checkpoint directory had finished already; nothing "
@@ -157,6 +171,8 @@ class RunReport:
         columns = list(_COLUMNS)
         if any(getattr(r, field) for node in self for r in node.replicas for _, field, _, _ in _POLICY_COLUMNS):
             columns += _POLICY_COLUMNS
+        columns += [column for column in _OPTIONAL_COLUMNS
+                    if any(getattr(r, column[1]) for node in self for r in node.replicas)]
         header = f"{'node':<24} {'kind':<6} {'replicas':>8} " + " ".join(f"{title:>{width}}"
                                                                           for title, _, width, _ in columns)
         lines = [
@@ -189,6 +205,7 @@ _COLUMNS = [("in", "items_in", 10, "d"), ("out", "items_out", 10, "d"), ("time s
             ("busy s", "busy_s", 8, ".2f"), ("blocked s", "blocked_s", 9, ".2f")]
 _POLICY_COLUMNS = [("errors", "errors", 7, "d"), ("retries", "retries", 7, "d"), ("skipped", "skipped", 7, "d"),
                    ("dead", "dead_lettered", 7, "d")]
+_OPTIONAL_COLUMNS = [("peak in flight", "peak_in_flight", 14, "d"), ("spilled", "spilled", 7, "d")]
 """(title, attribute of ``NodeReport`` and ``ReplicaReport``, width, format) of the summary's columns."""
 
 

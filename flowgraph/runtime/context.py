@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -9,6 +10,9 @@ from typing import Any
 from ..errors import FlowgraphError
 
 _local = threading.local()
+_UNSET: Any = object()
+item_input: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowgraph_item_input", default=_UNSET)
+"""``context().input`` of the item an asyncio task or a pool thread works on (``concurrency=``)."""
 
 
 class Context:
@@ -17,7 +21,7 @@ class Context:
     The object lives as long as the replica; ``input`` changes with every item.
     """
 
-    __slots__ = ("node", "replica", "parallelism", "host", "input", "params", "incarnation", "checkpointing",
+    __slots__ = ("node", "replica", "parallelism", "host", "_input", "params", "incarnation", "checkpointing",
                  "checkpoint")
 
     def __init__(
@@ -32,8 +36,7 @@ class Context:
         """Number of replicas of this node."""
         self.host = host
         """The host as named in ``--hosts``; ``"localhost"`` for local replicas."""
-        self.input: str | None = None
-        """Name of the upstream node of the item being processed (``None`` in sources and setup)."""
+        self._input: str | None = None
         self.params = params
         """The run's parameters: ``--set KEY=VALUE`` (values are strings) or ``run(params=...)``."""
         self.incarnation = incarnation
@@ -46,6 +49,19 @@ class Context:
         What a replica writes now belongs after that checkpoint: a two-phase
         sink tags what it stages with it (see ``docs/checkpoints.md``).
         """
+
+    @property
+    def input(self) -> str | None:
+        """Name of the upstream node of the item being processed (``None`` in sources and setup).
+
+        With ``concurrency=``, each item in flight sees its own.
+        """
+        value = item_input.get()
+        return self._input if value is _UNSET else value
+
+    @input.setter
+    def input(self, value: str | None) -> None:
+        self._input = value
 
     def __repr__(self) -> str:
         return (

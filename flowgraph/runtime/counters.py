@@ -29,7 +29,8 @@ class Counters:
     """What one replica has done so far."""
 
     __slots__ = ("items_in", "items_out", "busy_s", "blocked_s", "started_at", "ended_at", "errors", "retries",
-                 "skipped", "dead_lettered", "acked", "replayed", "incarnation", "edges")
+                 "skipped", "dead_lettered", "acked", "replayed", "incarnation", "edges", "in_flight", "peak_in_flight",
+                 "spilled", "loop_sent", "loop_done")
 
     def __init__(self) -> None:
         self.items_in = 0
@@ -60,6 +61,16 @@ class Counters:
         """Which start of the replica this is: how often it was restarted before."""
         self.edges: dict[str, EdgeCounters] = {}
         """Per output edge, by edge name (``upstream->downstream``)."""
+        self.in_flight = 0
+        """Items taken from the inputs and not completed yet."""
+        self.peak_in_flight = 0
+        """The most items it had in flight at once (with ``concurrency=``; else 0)."""
+        self.spilled = 0
+        """Messages its feedback edges wrote to disk (their consumers had no room)."""
+        self.loop_sent = 0
+        """Items emitted on the edges of its loop, one per consumer replica reached (``wire.control.LoopCounts``)."""
+        self.loop_done = 0
+        """Items from the edges of its loop it completed."""
 
     def snapshot(self) -> ReplicaStats:
         """The counters now, as the frozen record the launcher gets."""
@@ -77,4 +88,7 @@ class Counters:
             replayed=self.replayed,
             incarnation=self.incarnation,
             edges={name: counters.snapshot() for name, counters in self.edges.items()},
+            in_flight=self.in_flight,
+            peak_in_flight=self.peak_in_flight,
+            spilled=self.spilled,
         )

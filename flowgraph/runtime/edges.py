@@ -11,6 +11,7 @@ behind the last batch on every socket, so EOS never overtakes data.
 | by_key                        | ``KeyedEdge`` | one PUSH per consumer replica             |
 | broadcast                     | ``BroadcastEdge`` | one bound XPUB (never drops)          |
 | broadcast, with restarts      | ``FanOutEdge`` | one PUSH per consumer replica            |
+| a loop's feedback edge        | ``FeedbackEdge`` | one PUSH per consumer replica; spills  |
 
 ``make_edge`` (in ``outputs``) picks the class from the plan; a new grouping
 is a class here and a line there.
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from ..model.dsl import GroupingKind
 from ..model.plan import ConnectPlan, EdgePlan, back_slot, broadcast_slot
 from ..settings import Timeouts
 from ..wire import serializers
@@ -57,6 +59,7 @@ from .failures import ProtocolError, SerializationError
 from .keeping import Keeper, Sent
 from .pipe import ControlPipe
 from .sockets import Wiring, ready_to_read, send_frames
+from .spill import Spill
 
 log = logging.getLogger(__name__)
 
@@ -587,3 +590,83 @@ class BroadcastEdge(BatchingEdge):
 
     def rewire(self, context: zmq.Context, consumer: int, incarnation: int, endpoint: str) -> None:
         raise AssertionError("a broadcast over XPUB is never rewired: with restarts, broadcast is a FanOutEdge")
+
+
+class FeedbackEdge(KeyedEdge):
+    """A loop's way back (``feedback(...)``): by key, or round robin for a shuffle; it never waits for room.
+
+    A message its consumer has no room for waits in a ``Spill`` (memory up
+    to the edge's ``memory_budget_bytes`` per consumer replica, then disk),
+    behind which later messages queue; every flush sends from the spills
+    what fits. Only end of stream, which comes once the loop drained (its
+    consumer reads everything then), waits for the spills to empty.
+    """
+
+    def __init__(self, setup: EdgeSetup) -> None:
+        super().__init__(setup)
+        self.spills = [Spill(self.buffers.memory_budget_bytes) for _ in range(self.plan.consumers)]
+        self._turn = 0
+        self._draining = False
+
+    def add_many(self, items: list[Any]) -> None:
+        if self.plan.grouping.kind is not GroupingKind.SHUFFLE:
+            super().add_many(items)
+            return
+        pending, consumers, turn = self._pending, self.plan.consumers, self._turn
+        self.emitted += len(items)
+        for item in items:
+            batch = pending[turn]
+            batch.append(item)
+            if len(batch) >= self.limit:
+                pending[turn] = []
+                self._send_to(turn, batch)
+            turn = (turn + 1) % consumers
+        self._turn = turn
+
+    @property
+    def spilled(self) -> int:
+        """Messages waiting in the spills now."""
+        return sum(len(spill) for spill in self.spills)
+
+    def send_waiting(self, index: int, frames: list[Any]) -> None:
+        spill = self.spills[index]
+        if self._draining or not spill:
+            try:
+                send_frames(self.sockets[index], frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                if self._draining:
+                    super().send_waiting(index, frames)
+                    return
+        if spill.push(frames):
+            self.setup.counters.spilled += 1
+        self._send_spilled(index)
+
+    def flush(self) -> None:
+        super().flush()
+        for index in range(len(self.spills)):
+            self._send_spilled(index)
+
+    def send_eos(self) -> None:
+        self.flush()
+        self._draining = True
+        for index, spill in enumerate(self.spills):
+            while (frames := spill.peek()) is not None:
+                super().send_waiting(index, frames)
+                spill.pop()
+        super().send_eos()
+
+    def _send_spilled(self, index: int) -> None:
+        """Send what the consumer has room for now, oldest first."""
+        spill, socket = self.spills[index], self.sockets[index]
+        while (frames := spill.peek()) is not None:
+            try:
+                send_frames(socket, frames, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            spill.pop()
+
+    def close(self) -> None:
+        for spill in self.spills:
+            spill.close()
+        super().close()

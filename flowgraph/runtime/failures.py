@@ -29,6 +29,11 @@ class PoisonItem(Exception):
     """An item killed its replica every time it was processed (it was in flight at each of its last deaths)."""
 
 
+class LateFeedback(Exception):
+    """Items came back on a feedback edge after its consumer, a loop's head, finished (emitted by ``finish()``
+    of a node in the loop)."""
+
+
 class Failure(Exception):
     """Phase ``phase`` of the replica failed with ``error``, maybe while processing ``item``.
 

@@ -24,6 +24,14 @@ from .keeping import POISON_DEATHS
 from .operator import Operator, emitted
 
 
+def retry_wait_s(policy: ErrorPolicy, error: Exception, attempts: int, rng: random.Random) -> float | None:
+    """How long to wait before trying again an item whose attempt number ``attempts`` raised ``error``; None when
+    the policy gives it up."""
+    if attempts <= policy.retries and isinstance(error, policy.retry_on):
+        return backoff_s(attempts, policy.retry_backoff_s, rng)
+    return None
+
+
 def set_aside(item: Any, policy: ErrorPolicy, counters: Counters, context: Context) -> DeadLetter | None:
     """A poison item (it killed this replica each of the last ``POISON_DEATHS`` times it came): not processed.
 
@@ -80,14 +88,17 @@ class ItemGuard:
                 raise
             except Exception as error:  # user code: anything
                 counters.errors += 1
-                if attempts <= policy.retries and isinstance(error, policy.retry_on):
+                wait_s = retry_wait_s(policy, error, attempts, self._rng)
+                if wait_s is not None:
                     counters.retries += 1
-                    self._pause(backoff_s(attempts, policy.retry_backoff_s, self._rng))
+                    self._pause(wait_s)
                     continue
-                self._give_up(item, error, attempts, letters)
+                self.give_up(item, error, attempts, letters)
                 return []
 
-    def _give_up(self, item: Any, error: Exception, attempts: int, letters: list[DeadLetter]) -> None:
+    def give_up(self, item: Any, error: Exception, attempts: int, letters: list[DeadLetter]) -> None:
+        """``item`` raised ``error`` at its last attempt: fail (raise ``Failure``), skip it or dead-letter it
+        into ``letters``, as the policy says; more than ``max_errors`` given up fails too."""
         policy, counters = self._policy, self._counters
         if policy.on_error == "fail":
             raise Failure(Phase.PROCESS, error, item, has_item=True) from error

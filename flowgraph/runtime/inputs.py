@@ -12,6 +12,12 @@ a checkpoint aligns, the memory it holds is bounded by what the aligned
 producers can send meanwhile (credit bounds a demand-driven shuffle's).
 Waiting also watches the replica's control pipe, so a stop request
 interrupts a replica blocked on an empty input.
+
+A loop's head (a node fed by a feedback edge) is done once its other inputs
+ended and the launcher found the loop drained (``ControlPipe.drained``);
+the feedback edges' end of stream comes after its ``finish()``
+(``feedback_ended``). Every batch says whether it came on an edge of the
+replica's loop (``Batch.loop``): those count for the loop's termination.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class Batch(NamedTuple):
     seq: int
     poison: bool = False
     """Its one item killed this replica every time (``keeping``): it is set aside, not processed."""
+    loop: bool = False
+    """It came on an edge of the replica's loop."""
 
 
 class Barrier(NamedTuple):
@@ -89,6 +97,15 @@ class Inputs:
             for edge in plan.edges_into(replica.node)
             for index in range(edge.producers)
         }
+        self._feedback = {(plan.node(edge.upstream).index, index, edge.port)
+                          for edge in plan.edges_into(replica.node) if edge.feedback for index in range(edge.producers)}
+        """The producers of its feedback edges: their end of stream comes after ``finish()``."""
+        self._external = {(plan.node(edge.upstream).index, index, edge.port)
+                          for edge in plan.edges_into(replica.node) if edge.loop is None
+                          for index in range(edge.producers)}
+        """The producers from outside its loop (all of them, for a replica in no loop)."""
+        self._loop_inputs = {(plan.node(edge.upstream).index, edge.port)
+                             for edge in plan.edges_into(replica.node) if edge.loop is not None}
         self._replica = replica
         self.eos_expected = replica.eos_expected
         self._alignment: Alignment[_Message] = Alignment(self._producers)
@@ -100,13 +117,28 @@ class Inputs:
         self._subscribed: list[ConnectPlan] = [c for c in replica.connects if c.socket == "SUB"]
         self._sockets: list[zmq.Socket] = []
         self._poller = zmq.Poller()
-        self._watched = False
+        self._watched = plan.node(replica.node).loop is not None
+        """Waits poll the control pipe too (a loop's probes are answered at once)."""
         self._turn = 0
 
     @property
     def is_done(self) -> bool:
-        """True once end of stream arrived from every upstream replica on every input edge (and was taken)."""
-        return len(self._alignment.ended) >= self.eos_expected and self._alignment.idle
+        """True once end of stream arrived from every upstream replica on every input edge (and was taken);
+        for a loop's head, on every input edge but the feedback ones, and the loop drained."""
+        ended = self._alignment.ended
+        if self._feedback:
+            return len(ended - self._feedback) >= self.eos_expected and self._control.drained
+        return len(ended) >= self.eos_expected and self._alignment.idle
+
+    @property
+    def external_ended(self) -> bool:
+        """End of stream came from every producer outside the replica's loop."""
+        return self._external <= self._alignment.ended
+
+    @property
+    def feedback_ended(self) -> bool:
+        """End of stream came on every feedback edge (after ``finish()``: the loop's nodes finished in turn)."""
+        return self._feedback <= self._alignment.ended
 
     def bound_sockets(self) -> list[zmq.Socket]:
         """The sockets this side binds (strangers can connect to them)."""
@@ -156,6 +188,11 @@ class Inputs:
         for socket in sockets:
             self._poller.register(socket, zmq.POLLIN)
         self._watched = bool(sockets)
+
+    def watch_fd(self, fd: int) -> None:
+        """Wake a waiting receive when ``fd`` is readable too (a concurrent node's completions)."""
+        self._poller.register(fd, zmq.POLLIN)
+        self._watched = True
 
     def rewire(self, context: zmq.Context, producer_id: str, incarnation: int, endpoints: AddressBook) -> None:
         """Producer ``producer_id`` was restarted as ``incarnation``: what its replaced incarnation still sends
@@ -260,7 +297,8 @@ class Inputs:
             return None
         self._grants.received(producer, header.items)
         return Batch(self._names[header.node, header.port], serializers.decode_items(header.serializer, payload),
-                     producer, header.incarnation, header.seq, header.kind == Kind.POISON)
+                     producer, header.incarnation, header.seq, header.kind == Kind.POISON,
+                     (header.node, header.port) in self._loop_inputs)
 
     def _found(self, batch: Batch | None) -> Batch | Barrier | None:
         """What ``receive`` returns after taking one message: an aligned barrier first."""

@@ -45,6 +45,7 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
     acks = inputs.acks if inputs.acks.active else None
     clock = time.monotonic
     size = 1
+    spill_wait_ms = max(1, round(outputs.linger_s * 1000))  # an idle replica soon sends again what it spilled
     while True:
         try:
             batch = inputs.receive()
@@ -52,7 +53,7 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
                 if inputs.is_done:
                     return
                 flush_idle()  # partial batches out, a stop looked for, with restarts rewires and acks served
-                batch = inputs.wait_receive(idle_wait_ms)
+                batch = inputs.wait_receive(spill_wait_ms if outputs.spilled else idle_wait_ms)
         except ProtocolError as error:
             raise Failure(Phase.RECEIVE, error) from error
         if batch is None:
@@ -73,6 +74,7 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
         if collect is not None:
             collect(items)
         start, count = 0, len(items)
+        counters.in_flight = count
         while start < count:
             chunk = items if start == 0 and size >= count else items[start:start + size]
             began = clock()
@@ -94,6 +96,9 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
             start += len(chunk)
             if now >= outputs.deadline:
                 flush()
+        if batch.loop:
+            counters.loop_done += count
+        counters.in_flight = 0
         if acks is not None:
             acks.processed(batch.sender, batch.incarnation, batch.seq, outputs.watermark())
 

@@ -40,6 +40,8 @@ class Operator:
     """A class source's ``seek(n)``: start after its first ``n`` items (a restarted source)."""
     instance: Any = None
     """The replica's instance of a class (or its copy of an object); None for a function (``snapshots``)."""
+    asynchronous: bool = False
+    """``process`` is an ``async def`` (a coroutine or an async generator function): it runs on an event loop."""
 
 
 def make_operator(node: NodeSpec) -> Operator:
@@ -47,7 +49,8 @@ def make_operator(node: NodeSpec) -> Operator:
     if node.shape in (Shape.FUNCTION, Shape.GENERATOR):
         if node.kind is NodeKind.SOURCE:
             return Operator(_nothing, _no_process, node.code, _nothing, _nothing)
-        return Operator(_nothing, node.code, _nothing, _nothing, _nothing, yields=node.shape is Shape.GENERATOR)
+        return Operator(_nothing, node.code, _nothing, _nothing, _nothing, yields=node.shape is Shape.GENERATOR,
+                        asynchronous=_is_async(node.code))
     instance = node.code() if node.shape is Shape.CLASS else node.code
     process = getattr(instance, "process", _no_process)
     return Operator(
@@ -60,7 +63,12 @@ def make_operator(node: NodeSpec) -> Operator:
         flush=getattr(instance, "flush", None) if node.kind is NodeKind.SINK else None,
         seek=getattr(instance, "seek", None) if node.kind is NodeKind.SOURCE else None,
         instance=instance,
+        asynchronous=_is_async(process),
     )
+
+
+def _is_async(function: Any) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
 
 
 def emitted(result: Any) -> Iterable[Any]:

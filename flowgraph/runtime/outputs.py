@@ -18,7 +18,7 @@ from ..model.dsl import ERRORS, ITEMS, GroupingKind
 from ..model.plan import IN_SLOT
 from ..model.policy import DeadLetter
 from .demand import DemandEdge
-from .edges import AddressBook, BroadcastEdge, EdgeSetup, FanOutEdge, KeyedEdge, OutputEdge, PushEdge
+from .edges import AddressBook, BroadcastEdge, EdgeSetup, FanOutEdge, FeedbackEdge, KeyedEdge, OutputEdge, PushEdge
 
 _EDGES: dict[GroupingKind, Callable[[EdgeSetup], OutputEdge]] = {
     GroupingKind.SHUFFLE: PushEdge, GroupingKind.BY_KEY: KeyedEdge, GroupingKind.BROADCAST: BroadcastEdge,
@@ -28,6 +28,8 @@ _EDGES: dict[GroupingKind, Callable[[EdgeSetup], OutputEdge]] = {
 def make_edge(setup: EdgeSetup) -> OutputEdge:
     """The output edge the plan asks for: a demand-driven shuffle to several consumers, a broadcast that
     restarts may rewire (a PUSH to each consumer), else by grouping."""
+    if setup.plan.feedback:
+        return FeedbackEdge(setup)
     if setup.plan.uses_credit:
         return DemandEdge(setup)
     if setup.plan.grouping.kind is GroupingKind.BROADCAST and setup.plan.acked:
@@ -39,9 +41,15 @@ class Outputs:
     """The sending side of a replica: one ``OutputEdge`` per output edge."""
 
     def __init__(self, setups: Iterable[EdgeSetup]) -> None:
+        setups = tuple(setups)
         self.edges = tuple(make_edge(setup) for setup in setups)
         self._items = tuple(edge for edge in self.edges if edge.plan.stream == ITEMS)
         self._errors = tuple(edge for edge in self.edges if edge.plan.stream == ERRORS)
+        self._counters = setups[0].counters if setups else None
+        self._loop_fanout = _loop_fanout(self._items)
+        """How many consumer replicas in its loop each item reaches (the loop's termination counts them)."""
+        self._loop_letter_fanout = _loop_fanout(self._errors)
+        self._feedback = tuple(edge for edge in self.edges if isinstance(edge, FeedbackEdge))
         self.emits_items = bool(self._items)
         """True if some node takes this node's items (a sink's, and a node's nobody takes, are dropped)."""
         self.linger_s = min((edge.plan.buffers.linger_ms for edge in self.edges), default=5.0) / 1000
@@ -74,13 +82,22 @@ class Outputs:
 
     def emit_many(self, items: list[Any]) -> None:
         """Hand ``items`` to every edge of the node's items (full batches are sent at once)."""
+        if self._loop_fanout:
+            self._counters.loop_sent += len(items) * self._loop_fanout  # type: ignore[union-attr]
         for edge in self._items:
             edge.add_many(items)
 
     def emit_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Hand ``letters`` to every edge of the node's error stream."""
+        if self._loop_letter_fanout:
+            self._counters.loop_sent += len(letters) * self._loop_letter_fanout  # type: ignore[union-attr]
         for edge in self._errors:
             edge.add_many(letters)
+
+    @property
+    def spilled(self) -> int:
+        """Messages waiting in the spills of feedback edges (their consumers had no room)."""
+        return sum(edge.spilled for edge in self._feedback)
 
     def flush(self) -> None:
         """Send every partial batch; the next flush is due ``linger_ms`` from now."""
@@ -131,3 +148,9 @@ class Outputs:
     def close(self) -> None:
         for edge in self.edges:
             edge.close()
+
+
+def _loop_fanout(edges: tuple[OutputEdge, ...]) -> int:
+    """Per item emitted on ``edges``, how many consumer replicas in a loop get it."""
+    return sum(edge.plan.consumers if edge.plan.grouping.kind is GroupingKind.BROADCAST else 1
+               for edge in edges if edge.plan.loop is not None)

@@ -7,7 +7,10 @@ A ``Stop`` from the launcher is raised as ``Stopped`` wherever the replica
 looks at the pipe, which it does whenever it waits for anything; a
 ``Rewire`` (a peer was restarted) is kept until the replica takes it
 (``take_rewires``) at a point where it can reconnect; so are ``Checkpoint``
-and ``Commit`` (``take_checkpoints``), taken between items.
+and ``Commit`` (``take_checkpoints``), taken between items. A loop's
+``Probe`` is answered at once, wherever the pipe is read, with the counts
+``on_probe`` gives (counting stays correct mid-item: an item counts as done
+only once its outputs were emitted); ``Drained`` sets ``drained``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, TypeVar
 import zmq
 
 from ..wire import serializers
-from ..wire.control import Checkpoint, Commit, Message, Rewire, Stop
+from ..wire.control import Checkpoint, Commit, Drained, LoopCounts, Message, Probe, Rewire, Stop
 from .failures import Stopped
 from .sockets import ready_to_read
 
@@ -58,6 +61,10 @@ class ControlPipe:
         self._replica_id = replica_id
         self._rewires: list[Rewire] = []
         self._checkpoints: list[Checkpoint | Commit] = []
+        self.on_probe: Callable[[Probe], LoopCounts] | None = None
+        """A replica in a loop: its counts for a probe of the loop's termination detection."""
+        self.drained = False
+        """A loop's head: the launcher found the loop drained (every source ended, nothing in flight)."""
 
     def receive(self, timeout_ms: int | None) -> Message | None:
         """The next message from the launcher, or None on timeout; raises ``Stopped`` on a stop, keeps a rewire."""
@@ -71,6 +78,13 @@ class ControlPipe:
             return None
         if isinstance(message, (Checkpoint, Commit)):
             self._checkpoints.append(message)
+            return None
+        if isinstance(message, Probe):
+            assert self.on_probe is not None, "only replicas in a loop are probed"
+            self.send(self.on_probe(message))
+            return None
+        if isinstance(message, Drained):
+            self.drained = True
             return None
         return message  # type: ignore[no-any-return]  # the agent sends only Messages
 

@@ -1,5 +1,10 @@
 """One replica: register → address book → setup → start barrier → items → finish → EOS → teardown.
 
+A loop's head ends differently: once the loop drained it finishes and
+sends end of stream, then takes the end of stream that comes round on its
+feedback edges (an item there fails the run: ``finish()`` of a node in the
+loop emitted into the loop after it drained).
+
 In a run with checkpoints, a replica restored from one puts its state back
 after ``setup()``; one that had ended then sends end of stream at once (its
 ``finish()`` ran already, in the history the checkpoint keeps).
@@ -14,6 +19,7 @@ frames only), the item being processed and the counters so far.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,15 +34,29 @@ from ..errors import Phase, user_traceback
 from ..model.dsl import NodeKind, NodeSpec
 from ..model.plan import Plan, ReplicaPlan
 from ..settings import Timeouts
-from ..wire.control import AddressBook, Commit, Committed, Done, Failed, Heartbeat, Ready, Register, Shutdown, Start
+from ..wire.control import (
+    AddressBook,
+    Commit,
+    Committed,
+    Done,
+    Failed,
+    Heartbeat,
+    LoopCounts,
+    Probe,
+    Ready,
+    Register,
+    Shutdown,
+    Start,
+)
 from ..wire.pickling import remember_sources
+from .concurrent import AsyncRunner, ConcurrentDriver, ThreadRunner
 from .config import WorkerConfig
 from .context import Context, set_context
 from .counters import Counters
 from .edges import EdgeSetup
-from .failures import Failure, SerializationError, Stopped
+from .failures import Failure, LateFeedback, SerializationError, Stopped
 from .guard import ItemGuard
-from .inputs import Inputs
+from .inputs import Batch, Inputs
 from .node import drive_node
 from .operator import Operator, emitted, generated, make_operator
 from .outputs import Outputs
@@ -142,13 +162,37 @@ class _Replica:
         """Restored from a checkpoint in which it had ended: it only sends end of stream."""
         self._source_ended = False
         """A source's generator is done: a checkpoint asked for now is served by its final part."""
+        if plan.node(replica.node).loop is not None:
+            control.on_probe = self._loop_counts
+        self._event_loop: AsyncRunner | None = None
+        """The replica's asyncio event loop, made for its first ``async def`` method."""
+        self._threads: ThreadRunner | None = None
+        """A blocking node's threads, with ``concurrency=``."""
 
     def run(self) -> bool:
         """The replica's whole life; its sockets are closed whatever happens (after shutdown, or on a stop)."""
         with contextlib.ExitStack() as sockets:
             sockets.callback(self.outputs.close)
             sockets.callback(self.inputs.close)
+            sockets.callback(self._close_runners)
             return self._live()
+
+    def _close_runners(self) -> None:
+        if self._threads is not None:
+            self._threads.close()
+        if self._event_loop is not None:
+            self._event_loop.close()
+
+    def _resolve(self, result: Any) -> Any:
+        """What an ``async def`` method returned, run on the replica's event loop (its value; an async
+        generator's items, as a generator of them, so ``emitted`` takes each); any other result as it is."""
+        if not (inspect.isawaitable(result) or inspect.isasyncgen(result)):
+            return result
+        if self._event_loop is None:
+            self._event_loop = AsyncRunner(self.context, self.control, self.job.timeouts.stop_check_s)
+        if inspect.isasyncgen(result):
+            return (item for item in self._event_loop.run(_collected(result)))
+        return self._event_loop.run(result)
 
     def _live(self) -> bool:
         operator: Operator | None = None
@@ -170,6 +214,8 @@ class _Replica:
                     self._process(operator)
                 self._emit_all(Phase.FINISH, operator.finish)
             self.outputs.send_eos()
+            if self.job.replica.feedback_eos:
+                self._await_feedback_end()
             if self.snapshots is not None:
                 self.snapshots.final()
         except Stopped:
@@ -200,6 +246,24 @@ class _Replica:
         except Stopped:
             pass
         return failure is None
+
+    def _loop_counts(self, probe: Probe) -> LoopCounts:
+        counters = self.counters
+        return LoopCounts(probe.loop, probe.wave, counters.loop_sent, counters.loop_done,
+                          self.inputs.external_ended and counters.in_flight == 0)
+
+    def _await_feedback_end(self) -> None:
+        """A loop's head, finished: take the end of stream of its feedback edges, which comes once the loop's
+        nodes finished in turn."""
+        inputs, wait_ms = self.inputs, self.job.timeouts.stop_check_ms
+        while not inputs.feedback_ended:
+            found = inputs.receive() or inputs.wait_receive(wait_ms)
+            if isinstance(found, Batch) and found.items:
+                error = LateFeedback(
+                    f"{len(found.items)} items came back from {found.upstream!r} after {self.job.replica.node!r} "
+                    "had finished (the loop had drained): a finish() in the loop emitted into it; a node in a loop "
+                    "may emit in finish() only what does not come back round the loop")
+                raise Failure(Phase.FINISH, error, found.items[0], has_item=True)
 
     def _send_done(self) -> None:
         self.control.send(Done(self.counters.snapshot()), self.collected if self.job.collect else None)
@@ -300,13 +364,26 @@ class _Replica:
         flush, barrier = self._flush_and_check, None
         if self.snapshots is not None:
             flush, barrier = self._flush_and_commit, self.snapshots.barrier
+        node = self.job.node
+        if operator.asynchronous or node.concurrency > 1:
+            if operator.asynchronous:
+                self._resolve(_nothing())  # the event loop, made now if no async setup() made it
+                runner: AsyncRunner | ThreadRunner | None = self._event_loop
+            else:
+                runner = self._threads = ThreadRunner(self.context, node.concurrency)
+            assert runner is not None
+            guard = guard or ItemGuard(policy, operator, self.counters, self.context, self.control.pause)
+            driver = ConcurrentDriver(operator, runner, self.inputs, self.outputs, self.counters, self.context,
+                                      self.control, policy, node.concurrency, node.ordered, guard)
+            driver.run(flush, self._flush_idle, round(idle_wait_s * 1000), collect, barrier)
+            return
         drive_node(operator, self.inputs, self.outputs, self.counters, self.context, flush,
                    self._flush_idle, round(idle_wait_s * 1000), collect, policy, guard, barrier)
 
     def _emit_all(self, phase: Phase, method: Callable[[], Any]) -> None:
         self.context.input = None
         started = time.monotonic()
-        results = self._call(phase, lambda: list(emitted(method())))
+        results = self._call(phase, lambda: list(emitted(self._resolve(method()))))
         if self.outputs.emits_items and results:
             self.outputs.emit_many(results)
             self.counters.items_out += len(results)
@@ -354,7 +431,7 @@ class _Replica:
 
     def _call(self, phase: Phase, function: Callable[..., T], *args: Any) -> T:
         try:
-            return function(*args)
+            return self._resolve(function(*args))  # type: ignore[no-any-return]
         except Stopped:
             raise
         except Exception as error:
@@ -364,11 +441,21 @@ class _Replica:
         if operator is None:
             return None
         try:
-            operator.teardown()
+            self._resolve(operator.teardown())
+        except Stopped:
+            return None
         except Exception as error:
             log.error("%s: teardown() failed: %r", self.job.replica.id, error)
             return Failure(Phase.TEARDOWN, error)
         return None
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _collected(generator: Any) -> list[Any]:
+    return [item async for item in generator]
 
 
 def _report_failure(control: ControlPipe, failure: Failure, counters: Counters) -> None:

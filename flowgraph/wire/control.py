@@ -23,6 +23,12 @@ with checkpoints, meanwhile::
     launcher → replicas   Commit(n)                      checkpoint n is complete
     replica  → launcher   Committed(n)                   for the final checkpoint, before Shutdown
 
+with loops, meanwhile (``launch.loops``)::
+
+    launcher → a loop's replicas   Probe(loop, wave)      your counts, please
+    replica  → launcher            LoopCounts(...)        items sent and done in the loop, quiet or not
+    launcher → the loop's heads    Drained(loop)          nothing is in flight in the loop: finish
+
 and ``Heartbeat`` both ways every ``Timeouts.heartbeat_s`` (a replica's carries its counters).
 """
 
@@ -61,6 +67,9 @@ class ControlKind(enum.Enum):
     STORED = "stored"
     COMMIT = "commit"
     COMMITTED = "committed"
+    PROBE = "probe"
+    LOOP_COUNTS = "loop_counts"
+    DRAINED = "drained"
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,12 @@ class ReplicaStats:
     """Which start of the replica: how often it was restarted before."""
     edges: Mapping[str, EdgeStats] = field(default_factory=dict)
     """Per output edge, by edge name (``upstream->downstream``)."""
+    in_flight: int = 0
+    """Items taken and not completed yet (with ``concurrency=``, up to that many)."""
+    peak_in_flight: int = 0
+    """The most items it had in flight at once (with ``concurrency=``; else 0)."""
+    spilled: int = 0
+    """Messages its feedback edges wrote to disk."""
 
     @property
     def blocked_s(self) -> float:
@@ -241,12 +256,47 @@ class Committed:
     checkpoint: int
 
 
+@dataclass(frozen=True)
+class Probe:
+    """Launcher → every replica of loop ``loop``: answer ``LoopCounts`` for ``wave``."""
+
+    kind: ClassVar[ControlKind] = ControlKind.PROBE
+    loop: int
+    wave: int
+
+
+@dataclass(frozen=True)
+class LoopCounts:
+    """Replica → launcher: its counts in loop ``loop`` when ``wave`` reached it.
+
+    ``sent``: items it emitted on the loop's edges (one per consumer replica
+    reached); ``done``: items from the loop's edges it completed (their
+    outputs emitted); ``quiet``: its inputs from outside the loop ended and
+    it holds no item in flight.
+    """
+
+    kind: ClassVar[ControlKind] = ControlKind.LOOP_COUNTS
+    loop: int
+    wave: int
+    sent: int
+    done: int
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class Drained:
+    """Launcher → the heads of loop ``loop``: every source ended and nothing is in flight in it; finish."""
+
+    kind: ClassVar[ControlKind] = ControlKind.DRAINED
+    loop: int
+
+
 Message = (Register | Ready | Heartbeat | Done | Failed | AddressBook | Start | Stop | Shutdown | Rewire | Checkpoint
-           | Stored | Commit | Committed)
+           | Stored | Commit | Committed | Probe | LoopCounts | Drained)
 _RECORDS: dict[ControlKind, type[Any]] = {
     record.kind: record
     for record in (Register, Ready, Heartbeat, Done, Failed, AddressBook, Start, Stop, Shutdown, Rewire, Checkpoint,
-                   Stored, Commit, Committed)
+                   Stored, Commit, Committed, Probe, LoopCounts, Drained)
 }
 _FIELDS: dict[str, Callable[[Any], Any]] = {
     "stats": lambda body: None if body is None else ReplicaStats.from_body(body),
