@@ -1,7 +1,12 @@
 """Text from web pages: ``parse_html``, word functions and the ``AnalyzePage`` node.
 
-Standard library only (``html.parser``): good for ordinary pages, not a
-browser. It does not run scripts, apply CSS or honour ``hidden``.
+``parse_html`` uses Lexbor (through selectolax), an HTML parser in C that
+builds the tree as browsers do, by the HTML standard's rules; with its own
+joining of plain relative links it takes a quarter or less of the CPU that
+``html.parser`` took on a 100 KB page. Misnested or stray tags are read as
+a browser reads them, and the content of ``<template>`` is left out, as a
+browser leaves it. It is good for ordinary pages, not a browser: it does not
+run scripts, apply CSS or honour ``hidden``.
 """
 
 from __future__ import annotations
@@ -10,9 +15,10 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import urldefrag, urljoin, urlparse, urlsplit
+
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 ENGLISH_STOPWORDS: frozenset[str] = frozenset(
     """
@@ -37,7 +43,11 @@ _BLOCK_TAGS = frozenset(
     h1 h2 h3 h4 h5 h6 header hr html li main nav ol option p pre section table td th tr ul
     """.split()
 )
+# Put into the tree before and after each block, then the text is split at it. Parsing drops
+# or replaces every U+0000 of a page (the HTML standard says so), so no page text contains it.
+_BLOCK_MARK = "\x00"
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~%/+-]+")  # hrefs that _join_plain_path joins without urljoin
 
 
 def parse_html(html: str, base_url: str | None = None) -> dict[str, Any]:
@@ -60,10 +70,33 @@ def parse_html(html: str, base_url: str | None = None) -> dict[str, Any]:
     >>> page["title"], page["text"], page["links"]
     ('Grey heron', 'Tall wader.', ['http://valley.test/rivers/brenn.html'])
     """
-    parser = _PageParser(base_url or "")
-    parser.feed(html)
-    parser.close()
-    return {"title": parser.title(), "text": parser.text(), "links": parser.links}
+    root = LexborHTMLParser(html).root
+    assert root is not None, "a parsed document always has <html>: the parser adds what is missing"
+    title: LexborNode | None = None
+    skipped: list[LexborNode] = []
+    anchors: list[tuple[str, str]] = []
+    for node in root.traverse():
+        tag = node.tag
+        if tag in _BLOCK_TAGS:
+            node.insert_before(_BLOCK_MARK)
+            node.insert_after(_BLOCK_MARK)
+        elif tag in _SKIPPED_TAGS:
+            skipped.append(node)
+        elif tag == "title" and title is None:
+            title = node
+            skipped.append(node)
+        elif tag in ("a", "base"):
+            href = node.attrs.get("href")
+            if href is not None:
+                anchors.append((tag, href))
+    title_text = "" if title is None else " ".join(title.text().split())
+    # Last first, so descendants go before their ancestors: a node inside one already removed
+    # is freed memory (in SVG, a <script> may hold a <style> and a <title> a <script>).
+    for node in reversed(skipped):
+        node.decompose()
+    lines = (" ".join(block.split()) for block in root.text().split(_BLOCK_MARK))
+    text = "\n".join(line for line in lines if line)
+    return {"title": title_text, "text": text, "links": _links(anchors, base_url or "")}
 
 
 def tokenize(text: str) -> list[str]:
@@ -158,67 +191,21 @@ class AnalyzePage:
         return row
 
 
-class _PageParser(HTMLParser):
-    def __init__(self, base_url: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.base_url = base_url
-        self._title_parts: list[str] = []
-        self.links: list[str] = []
-        self._seen_links: set[str] = set()
-        self._blocks: list[str] = []
-        self._current: list[str] = []
-        self._skip_depth = 0
-        self._in_title = False
-        self._has_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skip_depth += 1
-        elif tag == "title" and not self._has_title:
-            self._in_title = True
-        elif tag in _BLOCK_TAGS:
-            self._end_block()
-        href = dict(attrs).get("href")
-        if href is None:
-            return
+def _links(anchors: list[tuple[str, str]], base_url: str) -> list[str]:
+    """The links of ``parse_html`` from the ``href`` of each ``<a>`` and ``<base>``, in page order."""
+    links: list[str] = []
+    seen: set[str] = set()
+    base = _split_base(base_url)
+    for tag, href in anchors:
         if tag == "base":
-            self.base_url = _join(self.base_url, href) or self.base_url
-        elif tag == "a":
-            self._add_link(href)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skip_depth = max(0, self._skip_depth - 1)
-        elif tag == "title" and self._in_title:
-            self._in_title = False
-            self._has_title = True
-        elif tag in _BLOCK_TAGS:
-            self._end_block()
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self._title_parts.append(data)
-        elif not self._skip_depth:
-            self._current.append(data)
-
-    def title(self) -> str:
-        return " ".join("".join(self._title_parts).split())
-
-    def text(self) -> str:
-        self._end_block()
-        return "\n".join(self._blocks)
-
-    def _end_block(self) -> None:
-        line = " ".join("".join(self._current).split())
-        if line:
-            self._blocks.append(line)
-        self._current = []
-
-    def _add_link(self, href: str) -> None:
-        link = urldefrag(_join(self.base_url, href)).url
-        if urlsplit(link).scheme in ("http", "https") and link not in self._seen_links:
-            self._seen_links.add(link)
-            self.links.append(link)
+            base_url = _join(base_url, href) or base_url
+            base = _split_base(base_url)
+            continue
+        link = _join_plain_path(base, href.strip()) or _http_link(base_url, href)
+        if link and link not in seen:
+            seen.add(link)
+            links.append(link)
+    return links
 
 
 def _join(base_url: str, href: str) -> str:
@@ -227,3 +214,55 @@ def _join(base_url: str, href: str) -> str:
         return urljoin(base_url, href.strip())
     except ValueError:
         return ""
+
+
+def _http_link(base_url: str, href: str) -> str:
+    """``href`` made absolute, without its ``#fragment``, if it is an http(s) URL; else ``""``."""
+    try:
+        link = urldefrag(urljoin(base_url, href.strip())).url
+        return link if urlsplit(link).scheme in ("http", "https") else ""
+    except ValueError:  # malformed, such as http://[oops
+        return ""
+
+
+def _split_base(base_url: str) -> tuple[str, str, list[str]] | None:
+    """(scheme, netloc, directory segments) of an http(s) base for ``_join_plain_path``; ``None`` for other bases."""
+    try:
+        scheme, netloc, path, _params, _query, _fragment = urlparse(base_url)
+    except ValueError:
+        return None
+    if scheme not in ("http", "https") or not netloc:
+        return None
+    directory = path.split("/")
+    if directory[-1]:
+        del directory[-1]  # a file: links are relative to its directory
+    return scheme, netloc, directory
+
+
+def _join_plain_path(base: tuple[str, str, list[str]] | None, href: str) -> str | None:
+    """``urldefrag(urljoin(base_url, href)).url`` for an ``href`` that is a plain path; else ``None``.
+
+    ``urljoin`` takes about 10 µs, most of what ``parse_html`` spends on a page
+    full of links. A path of the characters of ``_PLAIN_PATH`` (maybe with a
+    ``#fragment``) has no scheme, host, parameters or query, and for it this
+    follows ``urljoin``'s own steps, without parsing and unparsing.
+    """
+    path = href.partition("#")[0]
+    if base is None or not _PLAIN_PATH.fullmatch(path) or path.startswith("//"):
+        return None
+    scheme, netloc, directory = base
+    segments = path.split("/")
+    if not path.startswith("/"):
+        segments = directory + segments
+        segments[1:-1] = filter(None, segments[1:-1])  # as urljoin: no empty segments in the middle
+    resolved: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if resolved:
+                resolved.pop()
+        elif segment != ".":
+            resolved.append(segment)
+    if segments[-1] in (".", ".."):
+        resolved.append("")
+    joined = "/".join(resolved)
+    return f"{scheme}://{netloc}{'' if joined.startswith('/') else '/'}{joined}"

@@ -6,14 +6,27 @@ import json
 import sqlite3
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image, ImageStat
 
 from helpers import run_cli
-from nodes.text import tokenize
+from nodes.text import parse_html, tokenize
 
 TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
+
+
+def bundled_site() -> tuple[set[str], set[str]]:
+    """The paths of the bundled site's pages (as the crawler names them) and of the missing pages they link to."""
+    site = TOPOLOGIES / "site"
+    files = {path.relative_to(site).as_posix() for path in site.rglob("*.html")}
+    linked = {link.removeprefix("http://site.test/") for name in files
+              for link in parse_html((site / name).read_text(), base_url=f"http://site.test/{name}")["links"]
+              if link.startswith("http://site.test/")}
+    pages = {"/" + name.removesuffix("index.html") for name in files}
+    return pages, {"/" + name for name in linked if name not in files and name.removesuffix("/") not in {
+        file.removesuffix("/index.html") for file in files}}
 
 
 def pages(db: Path) -> list[tuple]:
@@ -26,13 +39,14 @@ def test_crawl_stores_every_page_of_the_bundled_site_in_crawl_db_of_the_current_
     code, _, stderr = run_cli("run", *options, str(TOPOLOGIES / "crawl.py"), cwd=tmp_path)
     assert code == 0, stderr
     db = tmp_path / "crawl.db"
-    assert f"[store/0@localhost] stored 42 pages in table 'pages' of {db}" in stderr
+    assert f"[store/0@localhost] stored 45 pages in table 'pages' of {db}" in stderr
     rows = pages(db)
-    sitemap = (TOPOLOGIES / "site" / "sitemap.txt").read_text().split()
-    assert len(rows) == len(sitemap) == 42
+    site_pages, site_missing = bundled_site()
+    assert len(rows) == len(site_pages) + len(site_missing) == 45
     found = [row for row in rows if row[1] == 200]
     missing = [row for row in rows if row[1] == 404]
-    assert len(found) == 40 and len(missing) == 2
+    assert {urlsplit(url).path for url, *_ in found} == site_pages and len(found) == 40
+    assert {urlsplit(url).path for url, *_ in missing} == site_missing
     assert all(title and words > 100 and links != "[]" for _, _, error, title, words, links in found)
     assert all(error.startswith("HTTPStatusError") for _, _, error, *_ in missing)
 
@@ -42,7 +56,7 @@ def test_crawl_db_can_be_chosen_with_set(tmp_path):
     code, _, stderr = run_cli("run", str(TOPOLOGIES / "crawl.py"), "--set", f"db={db}", cwd=tmp_path)
     assert code == 0, stderr
     assert f"of {db}" in stderr
-    assert len(pages(db)) == 42
+    assert len(pages(db)) == 45
     assert not (tmp_path / "crawl.db").exists()
 
 
@@ -205,4 +219,4 @@ def test_crawl_twice_in_one_directory_stores_the_pages_once(tmp_path):
     for _ in range(2):
         code, _, stderr = run_cli("run", str(TOPOLOGIES / "crawl.py"), cwd=tmp_path)
         assert code == 0, stderr
-    assert len(pages(tmp_path / "crawl.db")) == 42
+    assert len(pages(tmp_path / "crawl.db")) == 45

@@ -18,6 +18,7 @@ from flowgraph.model.hosts import Host, parse_hosts, read_hosts_file
 from flowgraph.testing import assert_same_items, run_and_collect
 from helpers import SLOW_TOPOLOGY, Cli, run_cli, still_running, write_topology
 from test_equivalence import ordered_sinks, random_dag
+from test_loops import random_loop_topology
 
 
 def over(test_hosts, *names: str) -> dict:
@@ -35,6 +36,15 @@ def test_random_dags_reach_the_same_sinks_locally_and_over_three_hosts(test_host
         assert_same_items(remote[sink], local[sink])
     for sink in ordered_sinks(topo):
         assert_same_items(remote[sink], local[sink], ordered=True)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 6])
+def test_random_topologies_with_loops_reach_the_same_sinks_locally_and_over_three_hosts(test_hosts, seed):
+    topo = random_loop_topology(seed)
+    local = run_and_collect(topo, mode="local")
+    remote = run_and_collect(topo, mode="local", **over(test_hosts))
+    for sink in local:
+        assert_same_items(remote[sink], local[sink])
 
 
 def test_order_by_key_and_context_host_hold_across_hosts(test_hosts):
@@ -306,4 +316,4 @@ def test_the_crawl_example_runs_over_hosts(test_hosts, tmp_path):
     db = tmp_path / "crawl.db"  # the hosts share this machine's files; their working directory is ~
     code, _, stderr = run_cli("run", str(crawl), "--set", f"db={db}", *test_hosts.options(), cwd=tmp_path)
     assert code == 0, stderr
-    assert f"stored 42 pages in table 'pages' of {db}" in stderr
+    assert f"stored 45 pages in table 'pages' of {db}" in stderr

@@ -249,8 +249,9 @@ def test_taking_the_errors_of_a_node_that_does_not_dead_letter_is_a_topology_err
     ({"retry_on": "ValueError"}, "node 'parse': retry_on='ValueError'; expected an exception class or a tuple of them"),
     ({"retry_backoff_s": -0.5}, "node 'parse': retry_backoff_s=-0.5; it must be a number >= 0"),
     ({"max_errors": 1.5}, "node 'parse': max_errors=1.5; it must be an integer >= 0"),
-    ({"restart": 2}, "node 'parse': unexpected keyword 'restart'; the policy keywords are on_error, retries, "
-                     "retry_on, retry_backoff_s, max_errors and restarts"),
+    ({"restart": 2}, "node 'parse': unexpected keyword 'restart'; the keywords are inputs, name, parallelism, "
+                     "hosts, concurrency, ordered and the policy keywords on_error, retries, retry_on, "
+                     "retry_backoff_s, max_errors and restarts"),
 ])
 def test_a_malformed_policy_is_rejected_at_declaration(keywords, expected):
     topo = Topology("bad-policy")

@@ -562,7 +562,7 @@ def _policy(what: str, keywords: Mapping[str, Any]) -> ErrorPolicy:
     """The ``ErrorPolicy`` of a declaration's keywords; a keyword that is no policy's is a ``TopologyError``."""
     unknown = sorted(set(keywords) - set(inspect.signature(ErrorPolicy.declared).parameters) - {"what"})
     if unknown:
-        raise TopologyError(f"{what}: unexpected keyword {', '.join(map(repr, unknown))}; besides concurrency "
-                            "and ordered, the keywords are on_error, retries, retry_on, retry_backoff_s, "
-                            "max_errors and restarts")
+        raise TopologyError(f"{what}: unexpected keyword {', '.join(map(repr, unknown))}; the keywords are "
+                            "inputs, name, parallelism, hosts, concurrency, ordered and the policy keywords on_error, "
+                            "retries, retry_on, retry_backoff_s, max_errors and restarts")
     return ErrorPolicy.declared(what, **keywords)

@@ -16,7 +16,9 @@ import json
 import math
 import os
 import platform
+import resource
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,8 +30,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from helpers import PeakRss  # noqa: E402  (tests/helpers.py, shared with the test suite)
+from nodes.site import serve  # noqa: E402
+from website import generate_site  # noqa: E402  (tests/website.py)
 
 PIPELINES = HERE / "pipelines.py"
+CRAWLING = HERE / "crawling.py"
 BASELINES = HERE / "baselines.py"
 
 
@@ -41,6 +46,8 @@ class Run:
     startup_s: float | None
     checkpoints_s: tuple[float, ...] = ()
     """How long each checkpoint took (a run with ``--checkpoint``)."""
+    wall_s: float | None = None
+    """The run's own wall time, from its launch to its end (``--metrics-json``), without the interpreter's start."""
 
 
 def timed(command: list[str], rss: bool = False) -> Run:
@@ -58,17 +65,18 @@ def timed(command: list[str], rss: bool = False) -> Run:
     return Run(time.perf_counter() - started, sampler.peak if sampler else None, None)
 
 
-def flowgraph(variable: str, *options: str, rss: bool = False, **params: object) -> Run:
-    """``flowgraph run pipelines.py:variable``, with its reported startup time."""
+def flowgraph(variable: str, *options: str, rss: bool = False, file: Path = PIPELINES, **params: object) -> Run:
+    """``flowgraph run pipelines.py:variable`` (or ``file``'s), with its reported startup time."""
     with tempfile.TemporaryDirectory() as directory:
         metrics = Path(directory) / "metrics.json"
         command = [sys.executable, "-m", "flowgraph", "run", "--quiet", "--metrics-json", str(metrics),
-                   f"{PIPELINES}:{variable}", *options]
+                   f"{file}:{variable}", *options]
         for key, value in params.items():
             command += ["--set", f"{key}={value}"]
         run = timed(command, rss)
         written = json.loads(metrics.read_text())
         run.startup_s, run.checkpoints_s = written["startup_s"], tuple(written["checkpoints_s"])
+        run.wall_s = written["wall_s"]
         return run
 
 
@@ -100,6 +108,17 @@ def percentile(values: tuple[float, ...], rank: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(rank / 100 * len(ordered)) - 1)]
+
+
+def crawl(concurrency: int, url: str, db: Path) -> tuple[float, float]:
+    """(pages per second after the start barrier, CPU seconds per page of the whole run: launcher and workers)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = flowgraph(f"crawl_c{concurrency}", file=CRAWLING, url=url, db=db)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        (pages,) = connection.execute("SELECT count(*) FROM pages").fetchone()
+    cpu_s = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return pages / ((run.wall_s or run.seconds) - (run.startup_s or 0.0)), cpu_s / pages
 
 
 def resume_time(directory: Path) -> float:
@@ -251,6 +270,23 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         record("checkpoint_s_p50_slow_sink", percentile(durations, 50), 3)
         record("checkpoint_s_p99_slow_sink", percentile(durations, 99), 3)
         record("resume_s_to_first_item", min(resume_time(Path(directory) / f"resume-{n}") for n in range(repeat)), 3)
+
+    # Crawling a generated site whose server adds 50 ms to every response, following links: 1 and 32 requests in
+    # flight per fetch replica (2 fetch replicas, 2 analyze), in turns; the best of ``repeat`` each.
+    with tempfile.TemporaryDirectory() as directory:
+        site = Path(directory) / "site"
+        generate_site(site, 60 if quick else 400, seed=14)
+        with serve(site, delay_s=0.05) as server:
+            crawled: dict[int, list[tuple[float, float]]] = {1: [], 32: []}
+            for attempt in range(repeat):
+                for concurrency in crawled:
+                    crawled[concurrency].append(crawl(concurrency, server.url, Path(directory) / f"{attempt}.db"))
+        one, many = (max(runs) for runs in crawled.values())
+        record("crawl_pages_per_s_concurrency_1", one[0], 1)
+        record("crawl_pages_per_s_concurrency_32", many[0], 1)
+        record("crawl_speedup_32_vs_1", many[0] / one[0], 1)
+        record("crawl_cpu_ms_per_page_concurrency_1", one[1] * 1000, 2)
+        record("crawl_cpu_ms_per_page_concurrency_32", many[1] * 1000, 2)
 
     # Startup: 5 nodes, 8 replicas.
     with tempfile.TemporaryDirectory() as directory:
