@@ -19,6 +19,17 @@ def test_a_consumer_grants_about_twenty_milliseconds_of_its_own_work(busy_s, ite
     assert credit_window(busy_s, items_in, most) == window
 
 
+@pytest.mark.parametrize("busy_s, items_in, most, concurrency, window", [
+    (0.0, 0, 8192, 100, 100),   # before measuring: enough to fill its window
+    (10.0, 10, 8192, 32, 32),   # slow per item (it waits on the network): still its concurrency
+    (1.0, 10_000, 8192, 32, 200),  # fast: 20 ms of work is more
+    (10.0, 10, 16, 32, 16),     # never more than the queues hold
+])
+def test_a_consumer_with_concurrency_grants_at_least_as_many_items_as_it_takes_at_once(busy_s, items_in, most,
+                                                                                      concurrency, window):
+    assert credit_window(busy_s, items_in, most, concurrency) == window
+
+
 @pytest.mark.parametrize("granted, received, window, more", [
     (64, 0, 64, 0),     # all of it still waits
     (64, 31, 64, 0),    # more than half waits

@@ -8,8 +8,9 @@ still spread over the replicas.
 
 - Consumer (``Grants``, in the consumer's ``Inputs``): it grants each
   producer credit for about ``CREDIT_QUEUE_S`` of its own measured work
-  (``credit_window``: busy seconds over items in, at least one item, at most
-  what the edge's ZeroMQ queues hold anyway) and tops a grant up when half
+  (``credit_window``: busy seconds over items in, at least one item, or its
+  ``concurrency=``, which it takes at once; at most what the edge's ZeroMQ
+  queues hold anyway) and tops a grant up when half
   of it has arrived (``credit_to_grant``). Before it measured anything it
   counts on ``CREDIT_START_ITEMS``, which its producers assume too. Credit
   is counted when a batch is received, not when it was processed: what a
@@ -50,15 +51,21 @@ CREDIT_QUEUE_S = 0.02
 """A consumer grants credit for about this much work (its measured seconds per item)."""
 
 
-def credit_window(busy_s: float, items_in: int, most: int) -> int:
-    """How many items a consumer wants waiting for it: ``CREDIT_QUEUE_S`` of its work, from 1 to ``most``.
+def credit_window(busy_s: float, items_in: int, most: int, least: int = 1) -> int:
+    """How many items a consumer wants waiting for it: ``CREDIT_QUEUE_S`` of its work, from ``least`` to ``most``.
+
+    ``least`` is the consumer's ``concurrency``: it takes that many items at
+    once, so fewer waiting would starve it (its measured seconds per item,
+    wall time over items, would then grow and ask for less still).
 
     >>> credit_window(0.0, 0, 8192), credit_window(1.0, 1000, 8192), credit_window(10.0, 10, 8192)
     (64, 20, 1)
+    >>> credit_window(10.0, 10, 8192, least=32), credit_window(10.0, 10, 16, least=32)
+    (32, 16)
     """
     if busy_s <= 0 or items_in <= 0:
-        return min(CREDIT_START_ITEMS, most)
-    return max(1, min(most, int(items_in / busy_s * CREDIT_QUEUE_S)))
+        return min(max(CREDIT_START_ITEMS, least), most)
+    return max(1, min(most, max(least, int(items_in / busy_s * CREDIT_QUEUE_S))))
 
 
 def credit_to_grant(granted: int, received: int, window: int) -> int:
@@ -121,6 +128,7 @@ class Grants:
         self._wiring = wiring
         self._token = token
         self._node = plan.node(replica.node).index
+        self._concurrency = plan.node(replica.node).concurrency
         self._replica = replica.index
         self._incarnation = incarnation
         self._grants: dict[Sender, _Grant] = {
@@ -165,7 +173,7 @@ class Grants:
             self._top_up(producer, self._grants[producer])
 
     def _top_up(self, producer: Sender, grant: _Grant) -> None:
-        window = credit_window(self._counters.busy_s, self._counters.items_in, grant.most)
+        window = credit_window(self._counters.busy_s, self._counters.items_in, grant.most, self._concurrency)
         more = credit_to_grant(grant.granted, grant.received, window)
         if not more:
             return
