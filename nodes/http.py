@@ -3,9 +3,9 @@
 ``Fetch.process`` is ``async def``: declared with ``concurrency=N``, each
 replica has up to N URLs in flight at once on its event loop, over one
 pooled ``aiohttp.ClientSession`` that keeps connections alive per (scheme,
-host, port). Per host, each replica sends at most ``per_host`` requests at
-once, leaves ``min_interval_s`` between the starts of two of them, and asks
-robots.txt first.
+host, port). Per host, each replica asks robots.txt first and, if told to
+(politeness), sends at most ``per_host`` requests at once and leaves
+``min_interval_s`` between the starts of two of them.
 
 Why aiohttp and not httpx: with many requests in flight it is much faster
 (a C HTTP parser, a mature connection pool, ``TCPConnector``, with a limit per
@@ -46,9 +46,6 @@ logger = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 """Redirects followed for one URL before giving up with ``TooManyRedirects``."""
-
-MAX_CONNECTIONS = 100
-"""Connections in use at once by one replica over all hosts; more requests wait for one to be free."""
 
 ROBOTS_MAX_BYTES = 512 * 1024
 """How much of a robots.txt is read; the rest is ignored (RFC 9309 asks for at least 500 KiB)."""
@@ -128,9 +125,10 @@ class _Host:
 
     __slots__ = ("slots", "turn", "last_start_s", "robots")
 
-    def __init__(self, per_host: int) -> None:
-        self.slots = asyncio.Semaphore(per_host)
-        """Held from the wait for a turn until the response is read: ``per_host`` requests in flight."""
+    def __init__(self, per_host: int | None) -> None:
+        self.slots = asyncio.Semaphore(per_host) if per_host else None
+        """Held from the wait for a turn until the response is read: ``per_host`` requests in flight (None: no
+        limit but the node's ``concurrency=``)."""
         self.turn = asyncio.Lock()
         """Held by the one request that waits for ``min_interval_s`` to pass; the others queue behind it."""
         self.last_start_s = float("-inf")
@@ -184,7 +182,9 @@ class Fetch:
       interval. To hold a host to one request per interval, route its URLs
       to one replica with ``by_key(lambda url: urlsplit(url).hostname)``;
     - ``per_host``: at most this many requests in flight at once to one
-      (scheme, host, port) from this replica; the others wait;
+      (scheme, host, port) from this replica; the others wait. ``None``
+      (the default): no limit but the node's ``concurrency=``, which bounds
+      the requests in flight over all hosts;
     - ``robots``: honour robots.txt (see below).
 
     With ``robots=True`` each replica fetches the ``/robots.txt`` of a
@@ -235,7 +235,7 @@ class Fetch:
         max_bytes: int = 10_000_000,
         raise_errors: bool = False,
         min_interval_s: float = 0.0,
-        per_host: int = 4,
+        per_host: int | None = None,
         robots: bool = True,
     ) -> None:
         if not timeout_s > 0:
@@ -248,8 +248,8 @@ class Fetch:
             raise ValueError(f"Fetch needs an integer max_bytes >= 1, got {max_bytes!r}")
         if not min_interval_s >= 0:
             raise ValueError(f"Fetch needs min_interval_s >= 0, got {min_interval_s!r}")
-        if isinstance(per_host, bool) or not isinstance(per_host, int) or per_host < 1:
-            raise ValueError(f"Fetch needs an integer per_host >= 1, got {per_host!r}")
+        if per_host is not None and (isinstance(per_host, bool) or not isinstance(per_host, int) or per_host < 1):
+            raise ValueError(f"Fetch needs an integer per_host >= 1 (or None: no limit), got {per_host!r}")
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -431,7 +431,7 @@ class Fetch:
         taken once the wait is over, so that no sleep that ends late can
         bring two starts closer than ``min_interval_s``.
         """
-        async with host.slots:
+        async with host.slots or contextlib.nullcontext():
             if self.min_interval_s:
                 async with host.turn:
                     wait_s = host.last_start_s + self.min_interval_s - self._clock()
@@ -446,8 +446,8 @@ class Fetch:
         if self._session is None:
             # aiohttp's own default context is made once, when aiohttp is
             # imported; a context of our own reads SSL_CERT_FILE now.
-            connector = aiohttp.TCPConnector(
-                limit=MAX_CONNECTIONS, limit_per_host=self.per_host, ssl=ssl.create_default_context()
+            connector = aiohttp.TCPConnector(  # 0: no limit (the node's concurrency= bounds what is in flight)
+                limit=0, limit_per_host=self.per_host or 0, ssl=ssl.create_default_context()
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -9,6 +9,8 @@ known moment holds the server's responses and waits until it sees them.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -353,3 +355,68 @@ def test_concurrency_must_be_a_positive_integer():
         topo.node(lambda n: n, inputs=numbers, name="work", concurrency=0)
     with pytest.raises(TopologyError, match="ordered='yes'; it must be True or False"):
         topo.node(lambda n: n, inputs=numbers, name="work", ordered="yes")
+
+
+def test_an_async_replica_killed_with_sigkill_is_restarted_and_every_item_arrives(tmp_path):
+    """With restarts, an input batch is acknowledged once all its items left; the items in flight at the kill
+    come again (at least once)."""
+    marker = tmp_path / "killed"
+    topo = Topology("restart-async")
+
+    @topo.source
+    def numbers():
+        yield from range(2000)
+
+    @topo.node(inputs=numbers, concurrency=16, parallelism=2)
+    async def work(n):
+        await asyncio.sleep(0)
+        if n == 700:
+            try:
+                descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return n
+            os.close(descriptor)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    @topo.sink(inputs=work)
+    def store(n):
+        pass
+
+    result = run_and_collect(topo, mode="local", restarts=1)
+    received = result["store"]
+    assert set(received) == set(range(2000))
+    assert sum(r.restarts for r in result.report["work"].replicas) == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_concurrent_class_node_checkpointed_often_keeps_its_state_exact(mode, tmp_path):
+    """At a barrier every item in flight completes first, so the state a checkpoint takes has them all."""
+    topo = Topology("checkpointed")
+
+    @topo.source
+    def numbers():
+        yield from range(3000)
+
+    class Sum:
+        def setup(self):
+            self.total = 0
+            self.count = 0
+
+        async def process(self, n):
+            await asyncio.sleep(0)
+            self.total += n
+            self.count += 1
+
+        def finish(self):
+            yield self.count, self.total
+
+    topo.node(Sum, inputs=numbers, name="sum", concurrency=8)
+
+    @topo.sink(inputs="sum")
+    def store(row):
+        pass
+
+    result = run_and_collect(topo, mode=mode, checkpoint=str(tmp_path / "ckpt"), checkpoint_interval_s=0.01)
+    assert result["store"] == [(3000, sum(range(3000)))]
+    assert result.report.checkpoints_s

@@ -373,3 +373,23 @@ def test_random_topologies_with_loops_give_the_same_multisets_inproc_and_in_proc
     local = run_and_collect(topo, mode="local")
     for sink in ("after_head", "after_tail"):
         assert_same_items(local[sink], inproc[sink])
+
+
+def test_feedback_in_a_list_of_inputs_is_a_shuffle():
+    topo = Topology("listed")
+
+    @topo.source
+    def numbers():
+        yield from range(5)
+
+    topo.node(lambda n: n, inputs=[numbers, feedback("down")], name="head", parallelism=2)
+    topo.node(lambda n: n - 1 if n > 0 else None, inputs="head", name="down")
+
+    @topo.sink(inputs="head")
+    def store(n):
+        pass
+
+    edge = next(edge for edge in topo.check().edges if edge.feedback)
+    assert str(edge.grouping) == "shuffle" and edge.name == "down->head"
+    assert_same_items(run_and_collect(topo, mode="inproc")["store"],
+                      [k for n in range(5) for k in range(n, -1, -1)])

@@ -32,6 +32,7 @@ import pytest
 from flowgraph import Topology
 from flowgraph.testing import run_and_collect
 from nodes.http import MAX_REDIRECTS, Fetch, FetchError, HTTPStatusError, RobotsDisallowed
+from nodes.site import serve
 from nodes.text import AnalyzePage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -522,7 +523,7 @@ def test_fetch_rejects_a_negative_retries_count():
 
 
 def test_fetch_rejects_a_per_host_limit_below_one():
-    with pytest.raises(ValueError, match=re.escape("Fetch needs an integer per_host >= 1, got 0")):
+    with pytest.raises(ValueError, match=re.escape("Fetch needs an integer per_host >= 1 (or None: no limit), got 0")):
         Fetch(per_host=0)
 
 
@@ -564,6 +565,24 @@ def test_fetch_sends_at_most_per_host_requests_at_once_to_one_host(site):
 
     assert [page["status"] for page in pages] == [200] * 50
     assert site.slow_max_in_flight == 3
+
+
+def test_fetch_without_per_host_has_as_many_requests_at_once_as_it_is_given(tmp_path):
+    """The default sets no limit per host: ``concurrency=`` alone bounds what is in flight."""
+    (tmp_path / "page.html").write_text("<title>page</title>")
+    pages: list[dict[str, Any]] = []
+    with serve(tmp_path) as server:
+        with server.hold():
+            client = threading.Thread(target=lambda: pages.extend(
+                fetch_all(quick_fetch(robots=False), [f"{server.url}page.html?{n}" for n in range(20)], 20)))
+            client.start()
+            deadline = time.monotonic() + 30
+            while server.in_flight < 20 and client.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert server.in_flight == 20
+        client.join(30)
+    assert [page["status"] for page in pages] == [200] * 20
+    assert server.max_in_flight == 20
 
 
 # --- Fetch and robots.txt -----------------------------------------------------------

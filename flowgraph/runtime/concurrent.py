@@ -272,10 +272,12 @@ class ConcurrentDriver:
         busy_since = time.monotonic()
         while True:
             self._release(self._completions.take())
-            while held is None and not window.full:
-                if self._pending:
+            while not window.full:
+                if self._pending:  # what came before a held barrier is admitted too
                     self._admit(*self._pending.popleft())
                     continue
+                if held is not None:
+                    break
                 found = self._receive(inputs.receive)
                 if found is None:
                     break
