@@ -38,7 +38,7 @@ def test_random_dags_reach_the_same_sinks_locally_and_over_three_hosts(test_host
         assert_same_items(remote[sink], local[sink], ordered=True)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 6])
+@pytest.mark.parametrize("seed", [2, 6])
 def test_random_topologies_with_loops_reach_the_same_sinks_locally_and_over_three_hosts(test_hosts, seed):
     topo = random_loop_topology(seed)
     local = run_and_collect(topo, mode="local")

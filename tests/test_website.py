@@ -456,9 +456,3 @@ def test_a_crawl_of_a_generated_site_finds_exactly_its_facts(tmp_path):
 
     _assert_crawl_finds_the_facts(tmp_path, facts)
 
-
-@pytest.mark.slow
-def test_a_crawl_of_a_generated_site_of_3000_pages_finds_exactly_its_facts(tmp_path):
-    facts = generate_site(tmp_path, 3000, seed=12)
-
-    _assert_crawl_finds_the_facts(tmp_path, facts)

@@ -133,7 +133,8 @@ def crawl(concurrency: int, url: str, db: Path) -> Crawled:
 
 def crawl_rates(directory: Path, sizes: tuple[int, int], repeat: int) -> dict[int, tuple[float, float]]:
     """Per concurrency (1 and 32): (pages per second, CPU ms per page), both marginal between a small and a big
-    generated site whose server adds 50 ms to every response; best of ``repeat``, the concurrencies in turns."""
+    generated site whose server adds 50 ms to every response; best of ``repeat``, the concurrencies in turns
+    (NaN and infinity when no run told the sizes apart)."""
     servers = []
     for size in sizes:
         generate_site(directory / f"site-{size}", size, seed=14)
@@ -144,10 +145,11 @@ def crawl_rates(directory: Path, sizes: tuple[int, int], repeat: int) -> dict[in
             for concurrency, (rate, cpu_ms) in best.items():
                 small, big = (crawl(concurrency, server.url, directory / f"{attempt}-{concurrency}-{index}.db")
                               for index, server in enumerate(servers))
-                pages = big.pages - small.pages
-                best[concurrency] = (max(rate, pages / (big.seconds - small.seconds)),
-                                     min(cpu_ms, (big.cpu_s - small.cpu_s) / pages * 1000))
-        return best
+                pages, seconds = big.pages - small.pages, big.seconds - small.seconds
+                if pages > 0 and seconds > 0:  # else too short to tell apart (a quick run): nothing measured
+                    best[concurrency] = (max(rate, pages / seconds),
+                                         min(cpu_ms, (big.cpu_s - small.cpu_s) / pages * 1000))
+        return {concurrency: (rate or math.nan, cpu_ms) for concurrency, (rate, cpu_ms) in best.items()}
     finally:
         for server in servers:
             server.close()
@@ -306,7 +308,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     # Crawling generated sites whose server adds 50 ms to every response, following links: 1 and 32 requests in
     # flight per fetch replica (2 fetch replicas, 2 analyze), marginal between two site sizes.
     with tempfile.TemporaryDirectory() as directory:
-        crawled = crawl_rates(Path(directory), (30, 90) if quick else (150, 900), repeat)
+        crawled = crawl_rates(Path(directory), (20, 40) if quick else (150, 900), repeat)
         record("crawl_pages_per_s_concurrency_1", crawled[1][0], 1)
         record("crawl_pages_per_s_concurrency_32", crawled[32][0], 1)
         record("crawl_speedup_32_vs_1", crawled[32][0] / crawled[1][0], 1)
