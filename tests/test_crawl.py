@@ -70,8 +70,8 @@ def test_the_crawler_fetches_each_allowed_page_of_a_generated_site_once_and_reco
 
 
 @pytest.mark.slow
-def test_the_crawler_crawls_a_site_of_three_thousand_pages_with_cycles_exactly(tmp_path):
-    facts = generate_site(tmp_path / "site", 3000, seed=1)
+def test_the_crawler_crawls_a_site_of_two_thousand_pages_with_cycles_exactly(tmp_path):
+    facts = generate_site(tmp_path / "site", 2000, seed=1)
     with serve(tmp_path / "site", delay_s=0.002) as server:
         crawl(server, tmp_path / "crawl.db")
         check_crawl(server, facts, tmp_path / "crawl.db")

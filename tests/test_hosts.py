@@ -27,7 +27,7 @@ def over(test_hosts, *names: str) -> dict:
             "remote_python": sys.executable}
 
 
-@pytest.mark.parametrize("seed", [0, 3, 5, 7])
+@pytest.mark.parametrize("seed", [0, 5, 7])
 def test_random_dags_reach_the_same_sinks_locally_and_over_three_hosts(test_hosts, seed):
     topo = random_dag(seed)
     local = run_and_collect(topo, mode="local")

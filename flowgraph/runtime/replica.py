@@ -188,11 +188,15 @@ class _Replica:
         generator's items, as a generator of them, so ``emitted`` takes each); any other result as it is."""
         if not (inspect.isawaitable(result) or inspect.isasyncgen(result)):
             return result
+        if inspect.isasyncgen(result):
+            return (item for item in self._loop().run(_collected(result)))
+        return self._loop().run(result)
+
+    def _loop(self) -> AsyncRunner:
+        """The replica's event loop, made at its first use."""
         if self._event_loop is None:
             self._event_loop = AsyncRunner(self.context, self.control, self.job.timeouts.stop_check_s)
-        if inspect.isasyncgen(result):
-            return (item for item in self._event_loop.run(_collected(result)))
-        return self._event_loop.run(result)
+        return self._event_loop
 
     def _live(self) -> bool:
         operator: Operator | None = None
@@ -366,12 +370,11 @@ class _Replica:
             flush, barrier = self._flush_and_commit, self.snapshots.barrier
         node = self.job.node
         if operator.asynchronous or node.concurrency > 1:
+            runner: AsyncRunner | ThreadRunner
             if operator.asynchronous:
-                self._resolve(_nothing())  # the event loop, made now if no async setup() made it
-                runner: AsyncRunner | ThreadRunner | None = self._event_loop
+                runner = self._loop()
             else:
                 runner = self._threads = ThreadRunner(self.context, node.concurrency)
-            assert runner is not None
             guard = guard or ItemGuard(policy, operator, self.counters, self.context, self.control.pause)
             driver = ConcurrentDriver(operator, runner, self.inputs, self.outputs, self.counters, self.context,
                                       self.control, policy, node.concurrency, node.ordered, guard)
@@ -448,10 +451,6 @@ class _Replica:
             log.error("%s: teardown() failed: %r", self.job.replica.id, error)
             return Failure(Phase.TEARDOWN, error)
         return None
-
-
-async def _nothing() -> None:
-    return None
 
 
 async def _collected(generator: Any) -> list[Any]:
