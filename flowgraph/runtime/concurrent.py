@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import os
 import queue
@@ -302,7 +303,8 @@ class ConcurrentDriver:
                 self._wait_for_completions(flush, idle_wait_ms)
                 continue
             flush_idle()
-            found = self._receive(lambda: inputs.wait_receive(idle_wait_ms))
+            wait_ms = self._outputs.retry_ms if self._outputs.spill_backlog else idle_wait_ms
+            found = self._receive(functools.partial(inputs.wait_receive, wait_ms))
             if isinstance(found, Barrier):
                 held = found
             elif found is not None:

@@ -624,7 +624,7 @@ class FeedbackEdge(KeyedEdge):
         self._turn = turn
 
     @property
-    def spilled(self) -> int:
+    def spill_backlog(self) -> int:
         """Messages waiting in the spills now."""
         return sum(len(spill) for spill in self.spills)
 

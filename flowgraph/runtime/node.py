@@ -45,7 +45,6 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
     acks = inputs.acks if inputs.acks.active else None
     clock = time.monotonic
     size = 1
-    spill_wait_ms = max(1, round(outputs.linger_s * 1000))  # an idle replica soon sends again what it spilled
     while True:
         try:
             batch = inputs.receive()
@@ -53,7 +52,7 @@ def drive_node(operator: Operator, inputs: Inputs, outputs: Outputs, counters: C
                 if inputs.is_done:
                     return
                 flush_idle()  # partial batches out, a stop looked for, with restarts rewires and acks served
-                batch = inputs.wait_receive(spill_wait_ms if outputs.spilled else idle_wait_ms)
+                batch = inputs.wait_receive(outputs.retry_ms if outputs.spill_backlog else idle_wait_ms)
         except ProtocolError as error:
             raise Failure(Phase.RECEIVE, error) from error
         if batch is None:

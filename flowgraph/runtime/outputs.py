@@ -17,6 +17,7 @@ import zmq
 from ..model.dsl import ERRORS, ITEMS, GroupingKind
 from ..model.plan import IN_SLOT
 from ..model.policy import DeadLetter
+from .counters import Counters
 from .demand import DemandEdge
 from .edges import AddressBook, BroadcastEdge, EdgeSetup, FanOutEdge, FeedbackEdge, KeyedEdge, OutputEdge, PushEdge
 
@@ -45,7 +46,7 @@ class Outputs:
         self.edges = tuple(make_edge(setup) for setup in setups)
         self._items = tuple(edge for edge in self.edges if edge.plan.stream == ITEMS)
         self._errors = tuple(edge for edge in self.edges if edge.plan.stream == ERRORS)
-        self._counters = setups[0].counters if setups else None
+        self._counters = setups[0].counters if setups else Counters()  # without edges nothing counts here
         self._loop_fanout = _loop_fanout(self._items)
         """How many consumer replicas in its loop each item reaches (the loop's termination counts them)."""
         self._loop_letter_fanout = _loop_fanout(self._errors)
@@ -83,21 +84,26 @@ class Outputs:
     def emit_many(self, items: list[Any]) -> None:
         """Hand ``items`` to every edge of the node's items (full batches are sent at once)."""
         if self._loop_fanout:
-            self._counters.loop_sent += len(items) * self._loop_fanout  # type: ignore[union-attr]
+            self._counters.loop_sent += len(items) * self._loop_fanout
         for edge in self._items:
             edge.add_many(items)
 
     def emit_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Hand ``letters`` to every edge of the node's error stream."""
         if self._loop_letter_fanout:
-            self._counters.loop_sent += len(letters) * self._loop_letter_fanout  # type: ignore[union-attr]
+            self._counters.loop_sent += len(letters) * self._loop_letter_fanout
         for edge in self._errors:
             edge.add_many(letters)
 
     @property
-    def spilled(self) -> int:
+    def spill_backlog(self) -> int:
         """Messages waiting in the spills of feedback edges (their consumers had no room)."""
-        return sum(edge.spilled for edge in self._feedback)
+        return sum(edge.spill_backlog for edge in self._feedback)
+
+    @property
+    def retry_ms(self) -> int:
+        """How soon an idle replica with a spill backlog tries again to send it: ``linger_ms``."""
+        return max(1, round(self.linger_s * 1000))
 
     def flush(self) -> None:
         """Send every partial batch; the next flush is due ``linger_ms`` from now."""
