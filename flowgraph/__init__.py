@@ -6,6 +6,7 @@
 import logging as _logging
 
 from ._version import __version__ as __version__
+from .errors import AllocationEnded as AllocationEnded
 from .errors import CheckpointError as CheckpointError
 from .errors import FlowgraphError as FlowgraphError
 from .errors import HostError as HostError
@@ -33,6 +34,7 @@ from .settings import BufferSettings as BufferSettings
 from .settings import Timeouts as Timeouts
 
 __all__ = [
+    "AllocationEnded",
     "BufferSettings",
     "CheckpointError",
     "Context",

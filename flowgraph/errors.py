@@ -6,7 +6,8 @@
     ├── TopologyError              the topology is wrong; nothing was started (exit 2)
     ├── RunFailed                  a replica failed or died during a run (exit 1)
     ├── RunInterrupted             Ctrl-C or SIGTERM stopped the run (exit 130 / 143)
-    ├── HostError                  ssh or a remote environment is unusable (exit 2)
+    ├── HostError                  ssh, Slurm or a remote environment is unusable (exit 2)
+    ├── AllocationEnded            the cluster manager ended the run's allocation: scancel, time limit (exit 1)
     └── CheckpointError            a checkpoint cannot be taken or cannot serve this topology (exit 2)
 
 Every class carries the process exit code the command line uses for it as
@@ -90,6 +91,16 @@ class HostError(FlowgraphError):
     """A host cannot run workers (unreachable, wrong Python, wrong version)."""
 
     exit_code = 2
+
+
+class AllocationEnded(FlowgraphError):
+    """The Slurm job the run ran in ended under it (``scancel``, its time limit); every replica was stopped.
+
+    ``report`` is the run's partial ``RunReport``.
+    """
+
+    exit_code = 1
+    report: Any = None
 
 
 class CheckpointError(FlowgraphError):

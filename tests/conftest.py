@@ -1,13 +1,17 @@
-"""Fixtures shared by the suite: run modes, the sshd test hosts, and a check that no test leaves a process behind.
+"""Fixtures shared by the suite: run modes, the sshd test hosts, the test Slurm cluster, and a check that no test
+leaves a process behind.
 
-Every test that uses the ``test_hosts`` fixtures is marked ``hosts``; the fast
-lane, ``pytest -m "not slow and not hosts"``, leaves them out. Without root,
-``/usr/sbin/sshd`` or ``ip`` they skip with the reason, except under CI
-(``CI=true``), where a missing prerequisite fails them: CI must run them.
+Every test that uses the ``test_hosts`` fixtures is marked ``hosts``, every test
+that uses the ``test_slurm`` fixtures ``slurm``; the fast lane,
+``pytest -m "not slow and not hosts and not slurm"``, leaves them out. Without root,
+``/usr/sbin/sshd`` or ``ip`` (and for ``slurm``, the Slurm and munge commands) they
+skip with the reason, except under CI (``CI=true``), where a missing prerequisite
+fails them: CI must run them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,21 +21,26 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import TestHosts, processes_of_this_session, reap, still_running
+from helpers import TestHosts, TestSlurm, processes_of_this_session, reap, still_running
 
 MARKER = "FLOWGRAPH_TEST_SESSION"
 os.environ.setdefault(MARKER, uuid.uuid4().hex)
 
 HOSTS_FIXTURES = frozenset({"test_hosts", "test_hosts_session"})
+SLURM_FIXTURES = frozenset({"test_slurm", "test_slurm_session"})
 SSHD = Path("/usr/sbin/sshd")
+SLURM_COMMANDS = {"slurmctld": "slurmctld", "slurmd": "slurmd", "munged": "munge", "srun": "slurm-client",
+                  "nsenter": "util-linux"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test that uses the sshd test hosts ``hosts``."""
+    """Mark every test that uses the sshd test hosts ``hosts``, every test that uses the Slurm cluster ``slurm``."""
     for item in items:
         if HOSTS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.hosts)
+        if SLURM_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slurm)
 
 
 def missing_for_test_hosts() -> list[str]:
@@ -43,6 +52,15 @@ def missing_for_test_hosts() -> list[str]:
         missing.append(f"{SSHD} (openssh-server)")
     if shutil.which("ip") is None:
         missing.append("the ip command (iproute2)")
+    return missing
+
+
+def missing_for_test_slurm() -> list[str]:
+    """What this machine lacks to run bin/testslurm (empty when nothing): bin/testhosts' needs and Slurm's."""
+    missing = missing_for_test_hosts()
+    for command, package in SLURM_COMMANDS.items():
+        if shutil.which(command) is None:
+            missing.append(f"the {command} command ({package})")
     return missing
 
 
@@ -101,3 +119,42 @@ def test_hosts(test_hosts_session):
     for process in leftovers:
         process.kill()
     assert not leftovers, f"processes left on the hosts: {[p.cmdline() for p in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def test_slurm_session():
+    """A Slurm cluster of three nodes in network namespaces (bin/testslurm), for the whole session.
+
+    Skips (fails under CI) when the machine cannot make it.
+    """
+    missing = missing_for_test_slurm()
+    if missing:
+        reason = "the test Slurm cluster needs " + ", ".join(missing)
+        if is_ci():
+            pytest.fail(reason + " (CI is set: tests marked slurm must run there)", pytrace=False)
+        pytest.skip(reason)
+    directory = Path(tempfile.mkdtemp(prefix="flowgraph-testslurm-"))
+    # Not the test hosts' prefix and subnet (fgt, 10.78.0): both sets can be up at once.
+    slurm = TestSlurm(3, prefix="fgs", subnet="10.76.0", directory=directory / "slurm")
+    slurm.script("down")  # what an interrupted session may have left (its daemons carry the prefix)
+    try:
+        slurm.script("up", "3")  # inside the try: a failed or timed-out up leaves nothing either
+        yield slurm
+    finally:
+        slurm.script("down")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def test_slurm(test_slurm_session):
+    """The session's cluster; after the test, cancels every job and fails the test when a job or a
+    process (slurmstepd, a task) is left on any node within ~8 s."""
+    yield test_slurm_session
+    jobs = test_slurm_session.cancel_all(timeout_s=8.0)
+    leftovers = []
+    for process in still_running(test_slurm_session.workers(), timeout_s=8.0):
+        with contextlib.suppress(psutil.Error):
+            leftovers.append(f"{process.pid} {' '.join(process.cmdline())}")  # before the kill makes a zombie
+            process.kill()
+    assert not jobs, f"jobs left in squeue after scancel: {jobs}"
+    assert not leftovers, f"processes left on the Slurm nodes: {leftovers}"

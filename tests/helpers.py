@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -335,3 +337,157 @@ class TestHosts:
     def set_link(self, name: str, state: str) -> None:
         """``down`` cuts host ``name`` off the network; ``up`` plugs it back."""
         subprocess.run(["ip", "link", "set", f"{self.prefix}v{name[1:]}", state], check=True, timeout=10)
+
+
+class TestSlurm:
+    """A Slurm cluster made by ``bin/testslurm`` (nodes n1..nN in network namespaces), for a test session."""
+
+    __test__ = False
+
+    def __init__(self, count: int, prefix: str, subnet: str, directory: Path, port: int = 16827) -> None:
+        self.nodes = [f"n{i}" for i in range(1, count + 1)]
+        self.prefix = prefix
+        self.subnet = subnet
+        self.directory = directory
+        self.port = port
+        self.conf = str(directory / "slurm.conf")
+        # The daemons must not carry the test session's marker: no_leftover_processes would take them
+        # for processes a test left behind. (Tasks do carry it: srun hands them the caller's environment.)
+        self._daemon_env = {key: value for key, value in os.environ.items() if key != MARKER}
+        self._script_env = {**self._daemon_env, "FLOWGRAPH_TESTSLURM_PREFIX": prefix,
+                            "FLOWGRAPH_TESTSLURM_SUBNET": subnet, "FLOWGRAPH_TESTSLURM_DIR": str(directory),
+                            "FLOWGRAPH_TESTSLURM_PORT": str(port)}
+
+    def script(self, *args: str, timeout_s: float = 120.0) -> None:
+        # In a session of its own: on a timeout the whole script goes (bin/testhosts and ssh under it), not
+        # only its bash, which would leave them running on beside the `down` that follows. The daemons
+        # it starts are in sessions of their own and stay (`down` ends them).
+        process = subprocess.Popen([str(REPO / "bin" / "testslurm"), *args], env=self._script_env,
+                                   stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            returncode = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+            raise
+        if returncode:
+            raise subprocess.CalledProcessError(returncode, ["bin/testslurm", *args])
+
+    @property
+    def env(self) -> dict[str, str]:
+        """This process's environment with SLURM_CONF: for srun, sbatch, salloc, squeue…"""
+        return {**os.environ, "SLURM_CONF": self.conf}
+
+    def run(self, *command: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm client command (``squeue``, ``scontrol``…) on this cluster; fails on an error."""
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, check=True, timeout=timeout_s)
+
+    def namespace(self, node: str) -> str:
+        return f"{self.prefix}-h{node[1:]}"
+
+    def address(self, node: str) -> str:
+        return f"{self.subnet}.{10 + int(node[1:])}"
+
+    def pids(self, node: str) -> list[int]:
+        output = subprocess.run(["ip", "netns", "pids", self.namespace(node)], capture_output=True,
+                                text=True, check=True, timeout=10).stdout
+        return [int(pid) for pid in output.split()]
+
+    def _pid_file(self, path: Path) -> int | None:
+        try:
+            return int(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def slurmd_pid(self, node: str) -> int | None:
+        return self._pid_file(self.directory / f"slurmd-{node}.pid")
+
+    def daemon_pids(self, node: str) -> set[int]:
+        """The pids of the daemons of ``node``: its slurmd and its sshd (as their pid files say)."""
+        files = [self.directory / f"slurmd-{node}.pid", self.directory / "hosts" / f"sshd_h{node[1:]}.pid"]
+        return {pid for pid in map(self._pid_file, files) if pid is not None}
+
+    def workers(self) -> list[psutil.Process]:
+        """Every process on the nodes except slurmd and sshd: slurmstepd and the tasks of steps."""
+        found = []
+        for node in self.nodes:
+            daemons = self.daemon_pids(node)
+            for pid in self.pids(node):
+                if pid not in daemons:
+                    try:
+                        found.append(psutil.Process(pid))
+                    except psutil.NoSuchProcess:
+                        pass
+        return found
+
+    def squeue(self) -> list[str]:
+        """One line ``JOBID NAME STATE`` per job the cluster holds (pending, running, completing), any user's."""
+        return self.run("squeue", "--all", "-h", "-o", "%i %j %T").stdout.splitlines()
+
+    def steps(self) -> list[str]:
+        """One line per job step (``squeue -s``), any user's."""
+        return self.run("squeue", "--all", "-h", "-s").stdout.splitlines()
+
+    def wait_no_jobs(self, timeout_s: float = 10.0) -> list[str]:
+        """Wait up to ``timeout_s`` until squeue shows no job; the jobs still there (empty: none)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            jobs = self.squeue()
+            if not jobs or time.monotonic() > deadline:
+                return jobs
+            time.sleep(0.05)
+
+    def cancel_all(self, timeout_s: float = 10.0) -> list[str]:
+        """scancel every job and wait up to ``timeout_s`` until squeue is empty; the jobs still there."""
+        # "12+1" is a component of het job 12, "12_3" a task of job array 12: scancel takes both.
+        ids = sorted({line.split()[0].split("+")[0] for line in self.squeue()})
+        if ids:
+            subprocess.run(["scancel", *ids], env=self.env, capture_output=True, timeout=30)
+        return self.wait_no_jobs(timeout_s)
+
+    def kill_slurmd(self, node: str) -> None:
+        """SIGKILL the slurmd of ``node`` (its steps' slurmstepd and tasks live on)."""
+        pid = self.slurmd_pid(node)
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def restart_slurmd(self, node: str, timeout_s: float = 10.0) -> None:
+        """Start the slurmd of ``node`` again and wait until it answers and the node is usable."""
+        old = self.slurmd_pid(node)
+        subprocess.run(["nsenter", f"--net=/run/netns/{self.namespace(node)}", "slurmd", "-f", self.conf,
+                        "-N", node], env={**self._daemon_env, "FLOWGRAPH_TESTSLURM_CLUSTER": self.prefix},
+                       check=True, timeout=30)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pid = self.slurmd_pid(node)
+            if pid is not None and pid != old and psutil.pid_exists(pid) and self._slurmd_listens(node):
+                # Registered again: idle, mixed or allocated, not down or not responding (a trailing *).
+                state = subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%t"], env=self.env,
+                                       capture_output=True, text=True, timeout=10).stdout.strip()
+                if state in ("idle", "mix", "alloc"):
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"slurmd of {node} does not answer after a restart")
+
+    def _slurmd_listens(self, node: str) -> bool:
+        try:
+            with socket.create_connection((self.address(node), self.port + 1), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill_everything_in(self, node: str) -> None:
+        """Kill every process of ``node``, slurmd and sshd included (like pulling its plug)."""
+        for pid in self.pids(node):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def set_link(self, node: str, state: str) -> None:
+        """``down`` cuts ``node`` off the network; ``up`` plugs it back."""
+        subprocess.run(["ip", "link", "set", f"{self.prefix}v{node[1:]}", state], check=True, timeout=10)

@@ -77,7 +77,7 @@ def test_the_pure_parts_import_no_zeromq(part):
 
 def test_the_package_exports_exactly_its_public_names():
     assert flowgraph.__all__ == [
-        "BufferSettings", "CheckpointError", "Context", "DeadLetter", "ErrorStream", "FlowgraphError", "Grouping",
+        "AllocationEnded", "BufferSettings", "CheckpointError", "Context", "DeadLetter", "ErrorStream", "FlowgraphError", "Grouping",
         "Handle", "HostError", "NodeReport", "Phase", "Plan", "ReplicaReport", "RunFailed", "RunInterrupted",
         "RunReport", "Timeouts", "Topology", "TopologyError", "broadcast", "by_key", "context", "feedback", "run",
             "shuffle",

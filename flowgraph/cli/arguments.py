@@ -20,6 +20,9 @@ def prepare_run_arguments(parser: argparse.ArgumentParser, run_parser: argparse.
     _apply_environment(run_parser, args)
     if args.inproc and args.hosts:
         parser.error("--inproc runs every replica in this process; it cannot be combined with --hosts")
+    if (args.slurm or args.slurm_args) and (args.inproc or args.hosts):
+        parser.error("--slurm runs on the nodes of a Slurm allocation; it cannot be combined with "
+                     f"{'--inproc' if args.inproc else '--hosts'}")
     if args.resume and args.checkpoint and os.path.abspath(args.resume) != os.path.abspath(args.checkpoint):
         parser.error("--resume DIR goes on checkpointing into DIR; it cannot be combined with another --checkpoint")
 
@@ -76,6 +79,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
          "ADDR"),
     ):
         remote.add_argument(f"--{name}", help=f"{help_text} [env {_env(name)}]", metavar=metavar)
+    slurm = parser.add_argument_group("Slurm")
+    slurm.add_argument("--slurm", action="store_true",
+                       help="run on the nodes of the Slurm allocation this runs in (sbatch, salloc), a job step "
+                            "per node; --remote-python names the nodes' Python (default: this one) "
+                            f"[env {_env('slurm')}]")
+    slurm.add_argument("--slurm-args", metavar="ARGS",
+                       help='ask Slurm for an allocation with these salloc options ("-N 3 -p debug -t 1:00:00"), run '
+                            f"in it and release it at the end (implies --slurm) [env {_env('slurm-args')}]")
 
 
 def _apply_environment(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -134,6 +145,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     check_parser = commands.add_parser("check", help="validate a topology and print its plan")
     check_parser.add_argument("target", metavar="PATH[:VAR]")
     check_parser.add_argument("--hosts", metavar="H1,H2,...|@FILE", help="show the placement over these hosts")
+    check_parser.add_argument("--slurm", action="store_true",
+                              help="show the placement over the nodes of the Slurm allocation this runs in")
     check_parser.add_argument("--restarts", metavar="N", type=_non_negative_int,
                               help="plan as run --restarts N would: each node's restart budget, acknowledged edges")
 

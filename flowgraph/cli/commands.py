@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,8 +18,9 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from ..errors import FlowgraphError, RunFailed, RunInterrupted, user_traceback
+from ..errors import AllocationEnded, FlowgraphError, RunFailed, RunInterrupted, user_traceback
 from ..launch.runner import Progress, run
+from ..launch.slurm import allocation_of, check_pins
 from ..model.drawing import draw
 from ..model.plan import Plan, describe_plan
 from ..model.report import RunReport
@@ -44,6 +46,8 @@ def run_command(
     ssh_config: str | None = None,
     remote_python: str | None = None,
     advertise: str | None = None,
+    slurm: bool = False,
+    slurm_args: str | None = None,
 ) -> int:
     """``flowgraph run``: run the topology named by ``target``; returns the exit code.
 
@@ -55,15 +59,15 @@ def run_command(
     level = getattr(logging, log_level.upper())
     logging.getLogger("flowgraph").setLevel(level)
     report: RunReport | None = None
-    stopped: RunFailed | RunInterrupted | None = None
+    stopped: RunFailed | RunInterrupted | AllocationEnded | None = None
     with _errors_to_exit_codes() as outcome, _sigterm_interrupts():
         try:
             report = run(load_topology(target), inproc=inproc, params=params, hwm=hwm, restarts=restarts, hosts=hosts,
                          ssh_config=ssh_config, remote_python=remote_python, advertise=advertise,
                          log_level=level, progress=_progress(quiet, progress_interval),
                          checkpoint=resume or checkpoint, checkpoint_interval_s=checkpoint_interval_s,
-                         resume=resume is not None)
-        except (RunFailed, RunInterrupted) as caught:
+                         resume=resume is not None, slurm=slurm, slurm_args=slurm_args)
+        except (RunFailed, RunInterrupted, AllocationEnded) as caught:
             report, stopped = caught.report, caught
             raise
         finally:
@@ -74,13 +78,21 @@ def run_command(
     return outcome.code
 
 
-def check_command(target: str, hosts: str | None = None, restarts: int = 0) -> int:
+def check_command(target: str, hosts: str | None = None, restarts: int = 0, slurm: bool = False) -> int:
     """``flowgraph check``: validate the topology and print its plan; starts and contacts nothing.
 
-    ``restarts`` plans as ``run --restarts`` would (restart budgets, acknowledged edges).
+    ``restarts`` plans as ``run --restarts`` would (restart budgets, acknowledged edges); ``slurm``
+    places the replicas over the nodes of the Slurm allocation this runs in.
     """
     with _errors_to_exit_codes() as outcome:
-        print(describe_plan(load_topology(target).check(hosts=hosts, restarts=restarts)))
+        topology = load_topology(target)
+        if slurm:
+            allocation = allocation_of(os.environ)
+            plan = topology.check(hosts=allocation.hosts, restarts=restarts)
+            check_pins(plan, allocation)
+        else:
+            plan = topology.check(hosts=hosts, restarts=restarts)
+        print(describe_plan(plan))
     return outcome.code
 
 
@@ -99,6 +111,13 @@ def worker_command() -> int:
     return worker_main()
 
 
+def forkserver_command() -> int:
+    """``flowgraph forkserver``: the template the launcher forks a host's replicas from (never by hand)."""
+    from ..runtime.forkserver import main as forkserver_main
+
+    return forkserver_main()
+
+
 def _progress(quiet: bool, interval_s: float | None) -> Callable[[Plan], Progress] | None:
     if quiet:
         return None
@@ -113,7 +132,8 @@ def _progress(quiet: bool, interval_s: float | None) -> Callable[[Plan], Progres
     return None
 
 
-def write_metrics(report: RunReport, path: str, stopped: RunFailed | RunInterrupted | None = None) -> None:
+def write_metrics(report: RunReport, path: str,
+                  stopped: RunFailed | RunInterrupted | AllocationEnded | None = None) -> None:
     """``--metrics-json``: counters per node and replica, and how the run ended (a stable format)."""
     data = {
         "format": "flowgraph-metrics/1",
@@ -184,13 +204,17 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["worker"]:  # the launcher's own verb: not offered in --help
+    if arguments[:1] == ["worker"]:  # the launcher's own verbs: not offered in --help
         return worker_command()
+    if arguments[:1] == ["forkserver"]:
+        return forkserver_command()
     parser, run_parser = build_parser()
     args = parser.parse_args(arguments)
     logging.basicConfig(level=logging.WARNING, format="flowgraph: %(levelname)s: %(message)s")
     if args.command == "check":
-        return check_command(args.target, hosts=args.hosts, restarts=args.restarts or 0)
+        if args.slurm and args.hosts:
+            parser.error("--slurm places replicas over the allocation's nodes; it cannot be combined with --hosts")
+        return check_command(args.target, hosts=args.hosts, restarts=args.restarts or 0, slurm=args.slurm)
     if args.command == "graph":
         return graph_command(args.target, args.output)
     prepare_run_arguments(parser, run_parser, args)
@@ -211,4 +235,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssh_config=args.ssh_config,
         remote_python=args.remote_python,
         advertise=args.advertise,
+        slurm=args.slurm,
+        slurm_args=args.slurm_args,
     )

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from ..model.plan import ReplicaPlan
 from ..runtime.config import WorkerConfig
+from ..runtime.forkserver import Shared
 from ..runtime.security import Curve
 from ..runtime.sockets import Wiring
 from ..settings import Timeouts
@@ -73,6 +74,10 @@ class RunConfig:
     restored_from: int = 0
     """The id of that checkpoint (0: the run starts from the beginning)."""
 
+    def shared(self, sys_path: tuple[str, ...] = ()) -> Shared:
+        """What every replica's configuration holds alike, sent to each host's template once."""
+        return Shared(self.plan, self.nodes, self.sources, sys_path)
+
     @property
     def control_port(self) -> str:
         return self.control.rsplit(":", 1)[1]
@@ -127,6 +132,9 @@ class Backend(Protocol):
         """
 
     def exits(self) -> list[Exit]: ...
+
+    def ended(self) -> str | None:
+        """Why nothing can run any more (a cancelled Slurm job), or None."""
 
     def wait(self, timeout_s: float) -> bool: ...
 

@@ -103,6 +103,9 @@ class InprocBackend:
                               incarnation=incarnation))
         return ended
 
+    def ended(self) -> str | None:
+        return None
+
     def wait(self, timeout_s: float) -> bool:
         """Wait for every replica thread; False if some still run after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s

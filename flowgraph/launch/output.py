@@ -18,13 +18,14 @@ _TAIL_LINES = 20
 
 
 class OutputForwarder:
-    """One thread reads every worker pipe; whole lines only, never interleaved mid-line."""
+    """Whole lines only, never interleaved mid-line: of pipes (one thread reads them all), or fed by forkservers."""
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._tails: dict[str, collections.deque[str]] = {}
         self._ended: dict[str, list[threading.Event]] = {}
+        self._fed: dict[str, dict[int, _Stream]] = {}
         self._wake_read, self._wake_write = os.pipe()
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._open = 0
@@ -44,6 +45,25 @@ class OutputForwarder:
                     self._selector.register(pipe, selectors.EVENT_READ, stream)
                     self._open += 1
         os.write(self._wake_write, b"x")
+
+    def open(self, replica_id: str, label: str) -> None:
+        """Start forwarding what ``feed`` gets for ``replica_id`` (a restarted replica starts a fresh tail)."""
+        with self._lock:
+            tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+            self._tails[replica_id] = tail
+            self._fed[replica_id] = {stream: _Stream(f"[{label}] ", sys.stderr, tail) for stream in (1, 2)}
+            self._ended[replica_id] = [stream.ended for stream in self._fed[replica_id].values()]
+
+    def feed(self, replica_id: str, stream: int, data: bytes) -> None:
+        """What ``replica_id`` wrote to its stdout (1) or stderr (2), as its forkserver forwarded it."""
+        with self._lock:
+            self._fed[replica_id][stream].feed(data)
+
+    def end(self, replica_id: str) -> None:
+        """``replica_id`` ended: write out its unfinished lines."""
+        with self._lock:
+            for stream in self._fed.pop(replica_id, {}).values():
+                stream.end()
 
     def tail(self, replica_id: str, wait_s: float = 1.0) -> str:
         """The last lines ``replica_id`` wrote (waiting up to ``wait_s`` for its pipes to close)."""

@@ -1,115 +1,155 @@
-"""Worker processes, local or through ssh: start, follow their output, notice their end, kill.
+"""Worker processes, local or remote: forked by each host's template, followed, noticed when they end, killed.
 
-Every worker starts in its own session (a Ctrl-C at the terminal reaches
-only the launcher, which stops the run in order) with its configuration on
-stdin, which stays open as the lifeline: when the launcher dies, the worker
-(or, through ssh, the remote worker) sees end of file and exits. stdout and
-stderr come back through pipes and are printed line by line with a
-``[node/replica@host]`` prefix.
+Every host of a run gets one template (``forkserver.Forkserver``), started in
+its own session (a Ctrl-C at the terminal reaches only the launcher, which
+stops the run in order), which forks that host's replicas: one process start,
+one ssh connection, one Slurm step per host, not per replica. A template's
+stdin is the lifeline of all its replicas: when the launcher dies or kills
+the template's command (the ssh client, the step), the template kills them
+and exits. What replicas write comes back through their template and is
+printed line by line with a ``[node/replica@host]`` prefix.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from ..runtime.bootstrap import encode_config
 from ..runtime.config import WorkerConfig
+from ..runtime.forkserver import Shared
 from .base import Exit
+from .forkservers import Forkserver
 from .output import OutputForwarder
+
+_CLOSE_S = 5.0
+"""How long a template may take to kill its replicas and exit once told to, before its command is killed."""
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How a host's template is started and what the end of its command means."""
+
+    command: list[str]
+    describe: Callable[[int], str]
+    """Its command's exit status in words."""
+    lost: Callable[[int], bool] = lambda status: False
+    """Whether that status means the host is gone (its replicas may start elsewhere)."""
+
+
+@dataclass
+class _Replica:
+    host: str
+    incarnation: int
+    ended: bool = False
 
 
 class WorkerProcesses:
-    """The worker processes of one run, by replica id (the current incarnation's; replaced ones are retired)."""
+    """The worker processes of one run: the current incarnation of each replica, on its host's template."""
 
     def __init__(self) -> None:
-        self._processes: dict[str, subprocess.Popen[bytes]] = {}
-        self._describe: dict[str, Callable[[int], str]] = {}
-        self._incarnations: dict[str, int] = {}
-        self._remote: dict[str, bool] = {}
-        self._reported: set[str] = set()
-        self._retired: list[subprocess.Popen[bytes]] = []
-        """Processes of replaced incarnations: killed, reaped at the end."""
+        self._servers: dict[str, Forkserver] = {}
+        self._transports: dict[str, Transport] = {}
+        self._replicas: dict[str, _Replica] = {}
+        self._exits: list[Exit] = []
+        self._changed = threading.Condition()
         self._output = OutputForwarder()
 
-    def spawn(self, replica_id: str, label: str, command: list[str],
-              describe: Callable[[int], str] = lambda code: describe_status(code), incarnation: int = 0,
-              remote: bool = False) -> None:
-        """Start ``command`` for ``replica_id``; ``describe`` turns its exit status into words.
+    def spawn(self, replica_id: str, label: str, host: str, transport: Transport, shared: Shared,
+              config: WorkerConfig, incarnation: int = 0) -> None:
+        """Start ``replica_id`` on ``host`` (its template is started first if it runs none yet).
 
-        A replica that has a process already (a restart) gets a new one; the
-        old one is killed if it still runs.
+        A replica that runs already (a restart) is replaced: its template
+        kills the old process, whose end is not reported.
         """
-        old = self._processes.get(replica_id)
-        if old is not None:
-            if old.poll() is None:
-                old.kill()
-            self._retired.append(old)
-            self._reported.discard(replica_id)
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-        self._processes[replica_id] = process
-        self._describe[replica_id] = describe
-        self._incarnations[replica_id] = incarnation
-        self._remote[replica_id] = remote
-        self._output.follow(replica_id, label, process.stdout, process.stderr)
+        with self._changed:
+            old = self._replicas.get(replica_id)
+            if old is not None and not old.ended and old.host != host:
+                self._servers[old.host].kill(replica_id)
+            server = self._servers.get(host)
+            if server is None or server.process.poll() is not None:
+                server = Forkserver(host, transport.command, shared, self._output, self._hear)
+                self._servers[host] = server
+                self._transports[host] = transport
+            self._replicas[replica_id] = _Replica(host, incarnation)
+            self._output.open(replica_id, label)
+        server.spawn(replica_id, incarnation, config)
 
-    def configure(self, replica_id: str, config: WorkerConfig) -> None:
-        """Write the worker's configuration to its stdin (and keep stdin open)."""
-        stdin = self._processes[replica_id].stdin
-        assert stdin is not None
-        try:
-            stdin.write(encode_config(config))
-            stdin.flush()
-        except BrokenPipeError:
-            pass  # it died at start; exits() reports it with its last output
+    def _hear(self, server: Forkserver, message: list[Any]) -> None:
+        verb, *args = message
+        with self._changed:
+            if verb == "out":
+                replica_id, incarnation, stream, data = args
+                if self._is_current(replica_id, incarnation, server):
+                    self._output.feed(replica_id, stream, data)
+            elif verb == "exit":
+                replica_id, incarnation, status = args
+                if self._is_current(replica_id, incarnation, server):
+                    self._output.end(replica_id)
+                    self._ended(replica_id, describe_status(status), status == 0,
+                                signal.Signals(-status).name if status < 0 else None)
+            elif verb == "ended":
+                self._server_ended(server, args[0])
+            self._changed.notify_all()
+
+    def _is_current(self, replica_id: str, incarnation: int, server: Forkserver) -> bool:
+        replica = self._replicas.get(replica_id)
+        return (replica is not None and not replica.ended and replica.incarnation == incarnation
+                and self._servers.get(replica.host) is server)
+
+    def _server_ended(self, server: Forkserver, status: int) -> None:
+        """A template's command ended: every replica it still ran ended with it."""
+        transport = self._transports[server.host]
+        running = [replica_id for replica_id, replica in self._replicas.items()
+                   if not replica.ended and self._servers.get(replica.host) is server]
+        if not running:
+            return
+        tail = server.stderr_tail()
+        description = f"ended with its host's forkserver, which {transport.describe(status)}"
+        for replica_id in running:
+            self._output.end(replica_id)
+            self._ended(replica_id, description, False, None, tail, lost=transport.lost(status))
+
+    def _ended(self, replica_id: str, description: str, clean: bool, signal_name: str | None,
+               extra_tail: str = "", lost: bool = False) -> None:
+        replica = self._replicas[replica_id]
+        replica.ended = True
+        self._exits.append(Exit(replica_id, description, clean, signal_name,
+                                self._output.tail(replica_id, wait_s=0.0) + extra_tail, replica.incarnation,
+                                host_lost=lost))
 
     def exits(self) -> list[Exit]:
         """Replicas whose process ended since the last call."""
-        ended = []
-        for replica_id, process in self._processes.items():
-            if replica_id in self._reported or process.poll() is None:
-                continue
-            self._reported.add(replica_id)
-            code = process.returncode
-            ended.append(Exit(replica_id, self._describe[replica_id](code), code == 0,
-                              signal.Signals(-code).name if code < 0 else None,
-                              self._output.tail(replica_id), self._incarnations[replica_id],
-                              host_lost=self._remote[replica_id] and code == 255))
-        return ended
+        with self._changed:
+            ended, self._exits = self._exits, []
+            return ended
 
     def wait(self, timeout_s: float) -> bool:
-        """Wait until every process has exited; False if some still run after ``timeout_s``."""
+        """Wait until every replica has exited; False if some still run after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        for process in [*self._processes.values(), *self._retired]:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                return False
-        return True
+        with self._changed:
+            while any(not replica.ended for replica in self._replicas.values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
 
     def kill(self) -> None:
-        """SIGKILL every process still running (for ssh: the client, which ends the remote worker's stdin)."""
-        for process in self._processes.values():
-            if process.poll() is None:
-                process.kill()
+        """End every template, which kills its replicas with SIGKILL."""
+        with self._changed:
+            servers = list(self._servers.values())
+        for server in servers:
+            server.close()
 
     def close(self) -> None:
-        """Kill what is left, reap every process and flush their output."""
+        """Kill what is left, wait for every template (killing its command if it hangs), flush their output."""
         self.kill()
-        for process in [*self._processes.values(), *self._retired]:
-            process.wait()
-            if process.stdin is not None:
-                process.stdin.close()
+        for server in list(self._servers.values()):
+            server.join(_CLOSE_S)
         self._output.close()
 
 
@@ -127,6 +167,9 @@ class ProcessBackend:
 
     def exits(self) -> list[Exit]:
         return self._processes.exits()
+
+    def ended(self) -> str | None:
+        return None
 
     def wait(self, timeout_s: float) -> bool:
         return self._processes.wait(timeout_s)

@@ -27,8 +27,9 @@ import zmq
 
 from ..checkpoint.compat import fingerprint
 from ..checkpoint.store import CheckpointStore
-from ..errors import CheckpointError, HostError, RunFailed, RunInterrupted, TopologyError
+from ..errors import AllocationEnded, CheckpointError, HostError, RunFailed, RunInterrupted, TopologyError
 from ..model.dsl import NodeKind, Topology, TopologySpec
+from ..model.hosts import Host
 from ..model.plan import Plan, plan_run, replica_id
 from ..model.report import NodeReport, ReplicaReport, RunReport
 from ..runtime.security import Curve, start_authenticator
@@ -41,6 +42,7 @@ from .coordinator import Coordinator, Finished, RollBack
 from .inproc import InprocBackend
 from .local import LocalBackend
 from .resume import SAVED, StartingPoint, hosts_parameter, saved_parameters, starting_point
+from .slurm import Allocation, SlurmBackend, SlurmSettings, allocated
 from .ssh import SshBackend, SshSettings
 from .supervisor import Restart
 
@@ -74,6 +76,8 @@ def run(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_interval_s: float | None = None,
     resume: bool = False,
+    slurm: bool = False,
+    slurm_args: str | None = None,
 ) -> RunReport:
     """Run ``topology`` to its end and return a ``RunReport``.
 
@@ -82,7 +86,10 @@ def run(
     ``"@FILE"`` or a list) spreads replicas over machines through ssh (see
     ``flowgraph.model.hosts``; ``ssh_config``, ``remote_python`` and
     ``advertise`` are ``--ssh-config``, ``--remote-python`` and
-    ``--advertise``). ``progress`` makes a view from the plan (see
+    ``--advertise``). ``slurm=True`` runs on the nodes of the Slurm
+    allocation this runs in, each replica forked from a job step per node;
+    ``slurm_args`` (``"-N 3 -p debug"``, salloc's options) asks Slurm for an
+    allocation and releases it at the end (see ``flowgraph.launch.slurm``). ``progress`` makes a view from the plan (see
     ``flowgraph.cli.progress``) that gets the replicas' counters while the
     run goes. ``params`` reach nodes as ``context().params``. ``hwm``
     overrides the high-water mark (in batches) of every data socket;
@@ -102,7 +109,8 @@ def run(
     ``restarts``, ``checkpoint_interval_s``).
 
     Raises ``TopologyError`` before anything starts if the topology is
-    invalid, ``HostError`` if a host cannot run workers; ``RunFailed``
+    invalid, ``HostError`` if a host cannot run workers; ``AllocationEnded``
+    if the Slurm job ended under the run (``scancel``, its time limit); ``RunFailed``
     (node, replica, host, traceback) if a replica fails or dies, after every
     replica was stopped; ``RunInterrupted`` on Ctrl-C (KeyboardInterrupt),
     after every replica was stopped. Both carry a partial ``report``.
@@ -132,16 +140,21 @@ def run(
         ssh=SshSettings(given["ssh_config"], given["remote_python"], given["advertise"]),
         timeouts=timeouts or Timeouts(), restarts=given["restarts"] or 0,
         checkpoint_interval_s=given["checkpoint_interval_s"] or DEFAULT_INTERVAL_S,
+        slurm=SlurmSettings(slurm_args, given["remote_python"], given["advertise"]) if slurm or slurm_args else None,
     )
-    spec, plan = _prepare(topology, settings, checkpointing=store is not None)
-    start = StartingPoint()
-    if store is not None:
-        start = starting_point(store, plan, fingerprint(spec), resume)
-        if start.finished:
-            return _already_finished(plan, settings, store, start)
-        store.save_run({**{name: given[name] for name in SAVED}, "checkpoint_interval_s":
-                        settings.checkpoint_interval_s, "restarts": settings.restarts, "topology": spec.name})
     with contextlib.ExitStack() as stack:
+        if settings.slurm is not None:
+            spec, _ = _prepare(topology, settings, checkpointing=store is not None)  # before Slurm is asked
+            allocation = stack.enter_context(allocated(settings.slurm, f"flowgraph-{spec.name}"))
+            settings = dataclasses.replace(settings, hosts=allocation.hosts, allocation=allocation)
+        spec, plan = _prepare(topology, settings, checkpointing=store is not None)
+        start = StartingPoint()
+        if store is not None:
+            start = starting_point(store, plan, fingerprint(spec), resume)
+            if start.finished:
+                return _already_finished(plan, settings, store, start)
+            store.save_run({**{name: given[name] for name in SAVED}, "checkpoint_interval_s":
+                            settings.checkpoint_interval_s, "restarts": settings.restarts, "topology": spec.name})
         launch = _open(stack, spec, plan, settings, store, start)
         view = progress(plan) if progress is not None else None
         if view is not None:
@@ -154,7 +167,7 @@ def run(
 
 @dataclass(frozen=True)
 class _RunSettings:
-    hosts: str | Sequence[str] | None
+    hosts: str | Sequence[str] | Sequence[Host] | None
     inproc: bool
     params: Mapping[str, Any]
     hwm: int | None
@@ -165,6 +178,9 @@ class _RunSettings:
     timeouts: Timeouts
     restarts: int
     checkpoint_interval_s: float = DEFAULT_INTERVAL_S
+    slurm: SlurmSettings | None = None
+    allocation: Allocation | None = None
+    """The Slurm allocation the run has (``slurm``), once it has it."""
 
 
 @dataclass
@@ -211,6 +227,9 @@ def _prepare(topology: Topology | TopologySpec, settings: _RunSettings,
                             f"no such node in topology {spec.name!r}")
     if settings.inproc and not plan.is_local:
         raise HostError("--inproc runs every replica as a thread of this process; it cannot use other hosts")
+    if settings.slurm is not None and (settings.inproc or (settings.hosts and settings.allocation is None)):
+        raise HostError("--slurm runs on the nodes of a Slurm allocation; it cannot be combined with "
+                        f"{'--inproc' if settings.inproc else '--hosts'}")
     return spec, plan
 
 
@@ -219,7 +238,11 @@ def _open(stack: contextlib.ExitStack, spec: TopologySpec, plan: Plan, settings:
     """Probe the hosts (``HostError`` before anything starts), then make what drives the run, closed by ``stack``."""
     timeouts = settings.timeouts
     plan_blob, node_blobs = dump_for_workers(spec, plan)
-    hosts_backend = None if plan.is_local else SshBackend(plan, settings.ssh, timeouts)
+    hosts_backend: Backend | None = None
+    if settings.allocation is not None and settings.slurm is not None:
+        hosts_backend = SlurmBackend(plan, settings.allocation, settings.slurm, timeouts)
+    elif not plan.is_local:
+        hosts_backend = SshBackend(plan, settings.ssh, timeouts)
     if hosts_backend is not None:
         stack.callback(hosts_backend.close)
     workers = _Workers()
@@ -286,20 +309,35 @@ def _drive(launch: _Launch, view: Progress | None) -> dict[str, Finished]:
     except CheckpointError:
         workers.running = not coordinator.stop("a checkpoint cannot be taken")
         raise
+    except AllocationEnded as ended:
+        workers.running = not coordinator.stop(str(ended))
+        ended.report = _partial_report(launch, "failed", None)
+        raise
     except RunFailed as failure:
         workers.running = not coordinator.stop(f"{failure.node}/{failure.replica} failed")
         failure.report = _partial_report(launch, "failed", failure)
+        _raise_if_ended(launch, failure)
         raise
     except (RunInterrupted, KeyboardInterrupt) as caught:
         workers.running = not coordinator.stop("interrupted")
         interrupted = caught if isinstance(caught, RunInterrupted) else RunInterrupted(signal.SIGINT)
         interrupted.report = _partial_report(launch, "interrupted", None)
+        _raise_if_ended(launch, interrupted)
         if interrupted is caught:
             raise
         raise interrupted from None
     except BaseException:
         workers.running = not coordinator.stop("the launcher failed")
         raise
+
+
+def _raise_if_ended(launch: _Launch, caught: RunFailed | RunInterrupted) -> None:
+    """A run that failed or was interrupted because its Slurm job ended (scancel) says so: ``AllocationEnded``."""
+    reason = launch.backend.ended()
+    if reason:
+        ended = AllocationEnded(f"{reason}; every replica was stopped")
+        ended.report = caught.report
+        raise ended from caught
 
 
 def _roll_back(launch: _Launch, decision: Restart) -> None:
@@ -320,7 +358,7 @@ def _roll_back(launch: _Launch, decision: Restart) -> None:
 
 def _already_finished(plan: Plan, settings: _RunSettings, store: CheckpointStore, start: StartingPoint) -> RunReport:
     """The report of a resumed run that had finished: nothing was started."""
-    mode = "inproc" if settings.inproc else "local" if plan.is_local else "hosts"
+    mode = "inproc" if settings.inproc else "local" if plan.is_local else "slurm" if settings.slurm else "hosts"
     log.warning("the run in %s had finished (checkpoint %d committed): nothing to do", store.directory,
                 start.checkpoint)
     return RunReport(plan.topology, mode, {}, startup_s=0.0, wall_s=0.0, status="already finished",

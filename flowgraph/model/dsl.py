@@ -31,6 +31,7 @@ from .shapes import Shape, checked_shape
 if TYPE_CHECKING:
     from typing_extensions import TypedDict, Unpack
 
+    from .hosts import Host
     from .plan import Plan  # plan.py imports this module
 
     class PolicyKeywords(TypedDict, total=False):
@@ -398,7 +399,7 @@ class Topology:
         """The topology as declared so far, as frozen data (not validated as a graph)."""
         return TopologySpec(self.name, tuple(self._nodes), self._settings)
 
-    def check(self, hosts: str | Iterable[str] | None = None, restarts: int = 0) -> Plan:
+    def check(self, hosts: str | Iterable[str] | Iterable[Host] | None = None, restarts: int = 0) -> Plan:
         """Validate the whole topology and return its ``Plan``, starting nothing.
 
         ``hosts`` (``"h1,h2"``, ``"@FILE"`` or a list) places the replicas

@@ -45,6 +45,7 @@ class Agent(threading.Thread):
         silence_s: float,
         curve: Curve | None = None,
         incarnation: int = 0,
+        launcher_lost: threading.Event | None = None,
     ) -> None:
         super().__init__(name=f"flowgraph-agent-{replica_id}", daemon=True)
         self._context = context
@@ -61,7 +62,7 @@ class Agent(threading.Thread):
         self._pair = context.socket(zmq.PAIR)
         self._pair.linger = 0
         self._pair.bind(self._pair_endpoint)
-        self.launcher_lost = threading.Event()
+        self.launcher_lost = launcher_lost or threading.Event()
         """Set from outside (stdin closed) or inside (no heartbeat) when the launcher is gone."""
 
     def pipe(self) -> ControlPipe:

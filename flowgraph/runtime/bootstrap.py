@@ -1,9 +1,10 @@
-"""The entry of a worker process: ``python -m flowgraph worker``.
+"""The entry of a worker process: ``run_worker`` in a fork of a host's template (``runtime.forkserver``), or
+``python -m flowgraph worker`` where the template cannot fork.
 
-The launcher writes one length-prefixed pickle to the worker's stdin, its
+The template writes one length-prefixed pickle to the worker's stdin, its
 ``WorkerConfig`` (token, control endpoint, which replica, the cloudpickled
 plan and node, timeouts), and keeps stdin open: when it closes, the
-launcher is gone and the worker stops (hard exit after ``stop_grace_s`` if
+launcher (or the template) is gone and the worker stops (hard exit after ``stop_grace_s`` if
 user code does not return). The token never appears on a command line or
 on disk.
 """
@@ -28,6 +29,9 @@ from .replica import run_configured
 from .security import start_authenticator
 
 _LENGTH = struct.Struct("!Q")
+LAUNCHER_GONE = 75
+"""The exit status of a worker that gave the launcher up (its stdin closed, or its heartbeats stopped):
+its forkserver then gives it up too, and ends its other replicas."""
 
 
 def encode_config(config: WorkerConfig) -> bytes:
@@ -59,7 +63,11 @@ def _read_config(fd: int) -> WorkerConfig:
 def main() -> int:
     """Run the replica described on stdin; exit status 0 when it finished cleanly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides when we stop
-    config = _read_config(sys.stdin.fileno())
+    return run_worker(_read_config(sys.stdin.fileno()))
+
+
+def run_worker(config: WorkerConfig) -> int:
+    """Run the replica of ``config``, stdin being the lifeline to the launcher; exit status 0 when it finished."""
     logging.basicConfig(level=config.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     for path in reversed(config.sys_path):
         if path not in sys.path:
@@ -69,9 +77,11 @@ def main() -> int:
     context = zmq.Context()
     authenticator = start_authenticator(context, curve) if curve is not None else None
     counters = Counters()
-    agent = Agent(context, config.control, config.token, config.replica_id, on_stop=_hard_exit_after(grace_s),
+    launcher_lost = threading.Event()
+    agent = Agent(context, config.control, config.token, config.replica_id,
+                  on_stop=_hard_exit_after(grace_s, launcher_lost),
                   counters=counters, heartbeat_s=config.timeouts.heartbeat_s, silence_s=config.silence_s,
-                  curve=curve, incarnation=config.incarnation)
+                  curve=curve, incarnation=config.incarnation, launcher_lost=launcher_lost)
     pipe = agent.pipe()
     agent.start()
     threading.Thread(target=_watch_stdin, args=(agent, grace_s), name="flowgraph-stdin", daemon=True).start()
@@ -81,6 +91,8 @@ def main() -> int:
     if authenticator is not None:
         authenticator.stop()
     context.term()
+    if launcher_lost.is_set():
+        return LAUNCHER_GONE
     return 0 if ok else 1
 
 
@@ -91,14 +103,14 @@ def _watch_stdin(agent: Agent, grace_s: float) -> None:
             pass
     finally:
         agent.launcher_lost.set()
-        _hard_exit_after(grace_s)("the launcher is gone")
+        _hard_exit_after(grace_s, agent.launcher_lost)("the launcher is gone")
 
 
-def _hard_exit_after(grace_s: float) -> Callable[[str], None]:
+def _hard_exit_after(grace_s: float, launcher_lost: threading.Event) -> Callable[[str], None]:
     """What to do when told to stop: exit hard ``grace_s`` later, in case user code never returns."""
 
     def arm(reason: str) -> None:
-        timer = threading.Timer(grace_s, os._exit, (1,))
+        timer = threading.Timer(grace_s, lambda: os._exit(LAUNCHER_GONE if launcher_lost.is_set() else 1))
         timer.daemon = True
         timer.start()
 
