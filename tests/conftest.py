@@ -134,8 +134,9 @@ def test_slurm_session():
             pytest.fail(reason + " (CI is set: tests marked slurm must run there)", pytrace=False)
         pytest.skip(reason)
     directory = Path(tempfile.mkdtemp(prefix="flowgraph-testslurm-"))
-    # Not the test hosts' prefix and subnet (fgt, 10.78.0): both sets can be up at once.
-    slurm = TestSlurm(3, prefix="fgs", subnet="10.76.0", directory=directory / "slurm")
+    # Not the test hosts' prefix and subnet (fgt, 10.78.0), nor bin/testslurm's defaults (fgs, 10.76.0, 16827):
+    # the suite can run beside both.
+    slurm = TestSlurm(3, prefix="fgu", subnet="10.74.0", directory=directory / "slurm", port=16837)
     slurm.script("down")  # what an interrupted session may have left (its daemons carry the prefix)
     try:
         slurm.script("up", "3")  # inside the try: a failed or timed-out up leaves nothing either
@@ -147,14 +148,16 @@ def test_slurm_session():
 
 @pytest.fixture
 def test_slurm(test_slurm_session):
-    """The session's cluster; after the test, cancels every job and fails the test when a job or a
-    process (slurmstepd, a task) is left on any node within ~8 s."""
+    """The session's cluster; fails the test when a job is left in squeue, or a process (slurmstepd, a
+    task) on any node, ~8 s after it (and cancels or kills them)."""
     yield test_slurm_session
-    jobs = test_slurm_session.cancel_all(timeout_s=8.0)
+    jobs = test_slurm_session.wait_no_jobs(timeout_s=8.0)
+    if jobs:
+        test_slurm_session.cancel_all(timeout_s=8.0)
     leftovers = []
     for process in still_running(test_slurm_session.workers(), timeout_s=8.0):
         with contextlib.suppress(psutil.Error):
             leftovers.append(f"{process.pid} {' '.join(process.cmdline())}")  # before the kill makes a zombie
             process.kill()
-    assert not jobs, f"jobs left in squeue after scancel: {jobs}"
+    assert not jobs, f"jobs left in squeue: {jobs}"
     assert not leftovers, f"processes left on the Slurm nodes: {leftovers}"

@@ -77,10 +77,10 @@ def test_the_pure_parts_import_no_zeromq(part):
 
 def test_the_package_exports_exactly_its_public_names():
     assert flowgraph.__all__ == [
-        "AllocationEnded", "BufferSettings", "CheckpointError", "Context", "DeadLetter", "ErrorStream", "FlowgraphError", "Grouping",
-        "Handle", "HostError", "NodeReport", "Phase", "Plan", "ReplicaReport", "RunFailed", "RunInterrupted",
-        "RunReport", "Timeouts", "Topology", "TopologyError", "broadcast", "by_key", "context", "feedback", "run",
-            "shuffle",
+        "AllocationEnded", "BufferSettings", "CheckpointError", "Context", "DeadLetter", "ErrorStream",
+        "FlowgraphError", "Grouping", "Handle", "HostError", "NodeReport", "Phase", "Plan", "ReplicaReport",
+        "RunFailed", "RunInterrupted", "RunReport", "Timeouts", "Topology", "TopologyError", "broadcast", "by_key",
+        "context", "feedback", "run", "shuffle",
     ]
     assert all(getattr(flowgraph, name) is not None for name in flowgraph.__all__)
     assert flowgraph.testing.__all__ == ["Collected", "ListSource", "assert_same_items", "replica_context",

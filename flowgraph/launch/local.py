@@ -9,7 +9,7 @@ from ..model.hosts import LOCALHOST
 from ..model.plan import ReplicaPlan
 from ..settings import Timeouts
 from .base import RunConfig, Site, local_sys_path
-from .processes import ProcessBackend, Transport, describe_status
+from .processes import ProcessBackend, Transport, describe_forkserver
 
 
 def forkserver_command() -> list[str]:
@@ -17,7 +17,7 @@ def forkserver_command() -> list[str]:
     return [sys.executable, "-u", "-m", "flowgraph", "forkserver"]
 
 
-LOCAL = Transport(forkserver_command(), describe_status)
+LOCAL = Transport(forkserver_command(), describe_forkserver)
 
 
 class LocalBackend(ProcessBackend):

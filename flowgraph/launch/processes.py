@@ -35,7 +35,8 @@ class Transport:
 
     command: list[str]
     describe: Callable[[int], str]
-    """Its command's exit status in words."""
+    """Its command's exit status in words, as the end of the replicas it ran: ``its forkserver was killed by
+    SIGKILL``, ``lost its ssh connection to h2 (...)``."""
     lost: Callable[[int], bool] = lambda status: False
     """Whether that status means the host is gone (its replicas may start elsewhere)."""
 
@@ -108,7 +109,7 @@ class WorkerProcesses:
         if not running:
             return
         tail = server.stderr_tail()
-        description = f"ended with its host's forkserver, which {transport.describe(status)}"
+        description = transport.describe(status)
         for replica_id in running:
             self._output.end(replica_id)
             self._ended(replica_id, description, False, None, tail, lost=transport.lost(status))
@@ -157,6 +158,11 @@ def describe_status(code: int) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exited with status {code}"
+
+
+def describe_forkserver(code: int, where: str = "its forkserver") -> str:
+    """The end of a template's command in words: ``its forkserver was killed by SIGKILL``."""
+    return f"{where} {'was ' if code < 0 else ''}{describe_status(code)}"
 
 
 class ProcessBackend:

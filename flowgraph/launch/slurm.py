@@ -7,7 +7,8 @@ as Slurm gave it CPUs; ``hosts=`` pins a node to node names. Outside one,
 whose command is a small Python program that prints the allocation and
 then reads its stdin until the launcher's end closes: the allocation lives
 exactly as long as the launcher (a SIGKILL included), and is released when
-the run ends, fails or is interrupted.
+the run ends, fails or is interrupted. A request still pending when the
+launcher goes is withdrawn too (``_KEEP``).
 
 Before any replica starts, every node is probed with a step of its own, in
 parallel (``launch.probe``): the same Python and flowgraph as here, its
@@ -44,7 +45,7 @@ from ..model.plan import Plan, ReplicaPlan
 from ..settings import Timeouts
 from .base import RunConfig, Site
 from .probe import PROBE, last_line, version_mismatch
-from .processes import Transport, describe_status
+from .processes import Transport, describe_forkserver
 from .remote import RemoteBackend
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,23 @@ while sys.stdin.buffer.read(65536):
     pass
 """
 """salloc's command: say what was allocated, then hold the allocation until the launcher's end of stdin closes."""
+
+_KEEP = """
+import select, subprocess, sys
+salloc = subprocess.Popen(sys.argv[1:])
+hangup = select.poll()
+hangup.register(0, select.POLLHUP)
+while salloc.poll() is None and not hangup.poll(200):
+    pass
+if salloc.poll() is None:
+    try:
+        salloc.wait(3)
+    except subprocess.TimeoutExpired:
+        salloc.terminate()
+sys.exit(salloc.wait())
+"""
+"""Runs salloc, and ends it when the launcher's end of stdin closes: a granted allocation ends with salloc's
+command, which reads that stdin; a pending request would wait on, were salloc not terminated (it then withdraws it)."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +189,8 @@ class _Holder:
 
     def __init__(self, args: str, name: str) -> None:
         self._args = args
-        command = ["salloc", *shlex.split(args), "--job-name", name, sys.executable, "-c", _HOLD]
+        command = [sys.executable, "-c", _KEEP, "salloc", *shlex.split(args), "--job-name", name,
+                   sys.executable, "-c", _HOLD]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, start_new_session=True,
                                          env={**os.environ, "SLURM_JOB_ID": "", "SLURM_JOBID": ""})
@@ -332,4 +351,4 @@ class SlurmBackend(RemoteBackend):
 
 
 def _describe_step(node: str, code: int) -> str:
-    return f"ran as a Slurm step on {node} and {describe_status(code)}"
+    return describe_forkserver(code, f"its forkserver's Slurm step on {node}")

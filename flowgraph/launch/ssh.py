@@ -37,7 +37,7 @@ from ..settings import Timeouts
 from .base import RunConfig, Site, local_sys_path
 from .local import LOCAL
 from .probe import PROBE, last_line, version_mismatch
-from .processes import Transport, describe_status
+from .processes import Transport, describe_forkserver
 from .remote import RemoteBackend
 
 log = logging.getLogger(__name__)
@@ -171,4 +171,4 @@ class SshBackend(RemoteBackend):
 def _describe_ssh(host: str, code: int) -> str:
     if code == 255:
         return f"lost its ssh connection to {host} (ssh exited with status 255)"
-    return describe_status(code)
+    return describe_forkserver(code, f"its forkserver on {host}")

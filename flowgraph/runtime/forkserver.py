@@ -125,19 +125,27 @@ def referenced_modules(blob: bytes) -> set[str]:
     and a call of ``subimport`` push (memoized values included).
     """
     modules: set[str] = set()
+    try:
+        _follow(pickletools.genops(blob), modules)
+    except ValueError:  # not a whole pickle: what it names so far
+        pass
+    return {module for module in modules if module and module != "__main__" and module.isascii()}
+
+
+def _follow(opcodes: Iterator[tuple[Any, Any, Any]], modules: set[str]) -> None:
     pushed: list[Any] = []
     memo: dict[int, Any] = {}
-    for opcode, argument, _ in pickletools.genops(blob):
+    for opcode, argument, _ in opcodes:
         name = opcode.name
         top = pushed[-1] if pushed else None
         if name in _STRINGS:
             pushed.append(argument)
         elif name in _GETS:
-            pushed.append(memo.get(int(argument)))  # type: ignore[arg-type]  # a GET's argument is an index
+            pushed.append(memo.get(int(argument)))
         elif name == "MEMOIZE":
             memo[len(memo)] = top
         elif name in _PUTS:
-            memo[int(argument)] = top  # type: ignore[arg-type]  # a PUT's argument is an index
+            memo[int(argument)] = top
         elif name in ("STACK_GLOBAL", "GLOBAL"):
             module, attribute = str(argument).split(" ", 1) if name == "GLOBAL" else (None, None)
             if name == "STACK_GLOBAL" and len(pushed) > 1:
@@ -155,7 +163,6 @@ def referenced_modules(blob: bytes) -> set[str]:
             pushed[-2:] = [None]
         else:
             pushed.append(None)
-    return {module for module in modules if module and module != "__main__" and module.isascii()}
 
 
 class _Subimport:
@@ -215,7 +222,11 @@ class Template:
         if verb == "run":
             self._prepare(pickle.loads(args[0]))
         elif verb == "spawn":
-            self._spawn(args[0], args[1], pickle.loads(args[2]))
+            try:
+                self._spawn(args[0], args[1], pickle.loads(args[2]))
+            except Exception:  # the replica cannot start: say why, as its own output, and that it ended
+                self._send("out", args[0], args[1], 2, traceback.format_exc().encode())
+                self._send("exit", args[0], args[1], 1)
         elif verb == "kill":
             child = self._current.get(args[0])
             if child is not None and child.status is None:

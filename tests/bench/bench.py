@@ -1,7 +1,8 @@
 """flowgraph's benchmarks, beside hand-written pyzmq and multiprocessing pipelines, in one run.
 
 Run with ``bin/bench`` (``--quick`` for a smoke run, ``--json`` for machine-readable
-output, ``--hosts h1,h2,h3 --ssh-config FILE`` to add runs over hosts). Every figure
+output, ``--hosts h1,h2,h3 --ssh-config FILE`` to add runs over hosts, ``--slurm "-N 3"``
+to add runs over a Slurm cluster). Every figure
 comes from whole command invocations; throughput is the marginal rate
 (N_big - N_small) / (t_big - t_small), best of ``--repeat``, so startup is measured on
 its own and not hidden in the rate. The machine is noisy: compare ratios within one run,
@@ -26,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -187,6 +190,45 @@ def resume_time(directory: Path) -> float:
     return min(firsts, default=float("nan")) - launched
 
 
+def first_item(variable: str, *options: str, repeat: int) -> tuple[float, float]:
+    """Best of ``repeat``: seconds from the command's start to the first item at the sink, and to its end."""
+    best_first, best_run = float("inf"), float("inf")
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory) / "first.json"
+        for _ in range(repeat):
+            launched = time.time()
+            run = flowgraph(variable, *options, out=out)
+            best_first = min(best_first, json.loads(out.read_text())["first_item_at"] - launched)
+            best_run = min(best_run, run.seconds)
+    return best_first, best_run
+
+
+def idle_memory(variable: str) -> tuple[float, float, float]:
+    """Of a local run whose replicas all wait: the mean RSS and USS of a replica, and its forkserver's RSS (MB)."""
+    with tempfile.TemporaryDirectory() as directory:
+        out, hold = Path(directory) / "first.json", Path(directory) / "hold"
+        command = [sys.executable, "-m", "flowgraph", "run", "--quiet", f"{PIPELINES}:{variable}",
+                   "--set", f"out={out}", "--set", f"hold={hold}"]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not out.exists() and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.05)
+            time.sleep(1.0)  # the items have gone through; let the replicas settle into waiting
+            (template,) = psutil.Process(process.pid).children()
+            replicas = template.children()
+            rss = sum(replica.memory_info().rss for replica in replicas) / len(replicas)
+            uss = sum(replica.memory_full_info().uss for replica in replicas) / len(replicas)
+            return rss / 1e6, uss / 1e6, template.memory_info().rss / 1e6
+        finally:
+            hold.touch()
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def measure(args: argparse.Namespace) -> dict[str, object]:
     quick, repeat = args.quick, args.repeat
     small, big = (2_000, 60_000) if quick else (20_000, 2_000_000)
@@ -327,6 +369,31 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     record("five_nodes_first_item_s", best_first, 3)
     record("five_nodes_whole_run_s", best_run, 3)
 
+    # Many replicas: startup to the first item at the sink and the whole short run, from the command's start.
+    for replicas in (8, 32, 128):
+        first, whole = first_item(f"wide_{replicas}", repeat=repeat)
+        record(f"replicas_{replicas}_first_item_s", first, 3)
+        record(f"replicas_{replicas}_whole_run_s", whole, 3)
+    rss, uss, template_rss = idle_memory("wide_128")
+    record("idle_replica_rss_mb", rss, 1)
+    record("idle_replica_uss_mb", uss, 1)
+    record("forkserver_rss_mb", template_rss, 1)
+
+    if args.slurm:
+        slurm = ["--slurm-args", args.slurm]
+        first, whole = first_item("wide_48", *slurm, repeat=repeat)
+        local_first, local_whole = first_item("wide_48", repeat=repeat)
+        record("local_48_replicas_whole_run_s", local_whole, 3)
+        record("slurm_48_replicas_first_item_s", first, 3)
+        record("slurm_48_replicas_whole_run_s", whole, 3)
+        record("local_48_replicas_first_item_s", local_first, 3)
+        rates = side_by_side({
+            "slurm": (lambda n: flowgraph("small_dicts", *slurm, count=n), small, big),
+            "local": (lambda n: flowgraph("small_dicts", count=n), small, big),
+        }, repeat)
+        record("slurm_flowgraph_items_per_s", rates["slurm"])
+        record("slurm_ratio_to_local", rates["slurm"] / rates["local"], 2)
+
     if args.hosts:
         remote = ["--hosts", args.hosts, "--remote-python", sys.executable,
                   *(["--ssh-config", args.ssh_config] if args.ssh_config else [])]
@@ -353,6 +420,9 @@ def main() -> int:
     parser.add_argument("--hosts", metavar="H1,H2,H3",
                         help="also measure over these hosts (e.g. made by bin/testhosts up 3)")
     parser.add_argument("--ssh-config", metavar="FILE", help="for --hosts")
+    parser.add_argument("--slurm", metavar="ARGS",
+                        help='also measure over Slurm, asking for an allocation with these salloc options ("-N 3"; '
+                             "SLURM_CONF as the cluster needs, e.g. made by bin/testslurm up 3)")
     args = parser.parse_args()
     args.repeat = args.repeat or (1 if args.quick else 3)
     results = measure(args)

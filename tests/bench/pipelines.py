@@ -243,3 +243,41 @@ def tallied(pair):
     sleep_s = float(context().params.get("sleep_s", 0))
     if sleep_s:
         time.sleep(sleep_s)
+
+
+def wide(replicas: int) -> Topology:
+    """Four nodes, ``replicas`` replicas in all: a source, two wide middle nodes, a sink that says when its first
+    item came (``out``); with ``hold``, the source ends only once that file exists (for RSS of idle replicas)."""
+    topo = Topology(f"wide-{replicas}")
+    middle = replicas - 2
+
+    @topo.source
+    def numbers():
+        yield from range(1000)
+        hold = context().params.get("hold")
+        while hold and not os.path.exists(hold):
+            time.sleep(0.01)
+
+    topo.node(lambda n: n, inputs=numbers, name="fetch", parallelism=middle // 2)
+    topo.node(lambda n: n, inputs="fetch", name="analyze", parallelism=middle - middle // 2)
+    topo.sink(FirstSeen(), inputs="analyze", name="store")
+    return topo
+
+
+class FirstSeen:
+    """Writes when its first item came to ``params["out"]``."""
+
+    def setup(self):
+        self.first = None
+
+    def process(self, n):
+        if self.first is None:
+            self.first = time.time()
+            with open(context().params["out"], "w") as file:
+                json.dump({"first_item_at": self.first}, file)
+
+
+wide_8 = wide(8)
+wide_32 = wide(32)
+wide_48 = wide(48)
+wide_128 = wide(128)
