@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import importlib
 import os
 import pickle
@@ -241,6 +242,7 @@ class Template:
         for module in sorted(set().union(*map(referenced_modules, (shared.plan, *shared.nodes.values())))):
             with contextlib.suppress(Exception):  # a replica that needs it reports the error itself
                 importlib.import_module(module)
+        gc.freeze()  # what is imported now stays out of the collector's way: forks share its pages, uncopied
         threads = thread_count()
         if threads > 1:
             self._fork = False

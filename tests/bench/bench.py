@@ -374,6 +374,9 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         first, whole = first_item(f"wide_{replicas}", repeat=repeat)
         record(f"replicas_{replicas}_first_item_s", first, 3)
         record(f"replicas_{replicas}_whole_run_s", whole, 3)
+    first, whole = first_item("dense_128", repeat=repeat)  # two wide nodes: 63 x 63 socket pairs
+    record("replicas_128_two_wide_nodes_first_item_s", first, 3)
+    record("replicas_128_two_wide_nodes_whole_run_s", whole, 3)
     rss, uss, template_rss = idle_memory("wide_128")
     record("idle_replica_rss_mb", rss, 1)
     record("idle_replica_uss_mb", uss, 1)

@@ -245,10 +245,13 @@ def tallied(pair):
         time.sleep(sleep_s)
 
 
-def wide(replicas: int) -> Topology:
-    """Four nodes, ``replicas`` replicas in all: a source, two wide middle nodes, a sink that says when its first
-    item came (``out``); with ``hold``, the source ends only once that file exists (for RSS of idle replicas)."""
-    topo = Topology(f"wide-{replicas}")
+def wide(replicas: int, layers: int = 1) -> Topology:
+    """A source, ``layers`` wide nodes of ``replicas`` replicas in all, and a sink that says when its first item
+    came (``out``); with ``hold``, the source ends only once that file exists (for the RSS of idle replicas).
+
+    Two layers shuffle all to all: every replica of the first has a socket to each of the second.
+    """
+    topo = Topology(f"wide-{replicas}-{layers}")
     middle = replicas - 2
 
     @topo.source
@@ -258,9 +261,12 @@ def wide(replicas: int) -> Topology:
         while hold and not os.path.exists(hold):
             time.sleep(0.01)
 
-    topo.node(lambda n: n, inputs=numbers, name="fetch", parallelism=middle // 2)
-    topo.node(lambda n: n, inputs="fetch", name="analyze", parallelism=middle - middle // 2)
-    topo.sink(FirstSeen(), inputs="analyze", name="store")
+    previous = "numbers"
+    for layer in range(layers):
+        share = middle // layers + (1 if layer < middle % layers else 0)
+        topo.node(lambda n: n, inputs=previous, name=f"layer{layer}", parallelism=share)
+        previous = f"layer{layer}"
+    topo.sink(FirstSeen(), inputs=previous, name="store")
     return topo
 
 
@@ -281,3 +287,4 @@ wide_8 = wide(8)
 wide_32 = wide(32)
 wide_48 = wide(48)
 wide_128 = wide(128)
+dense_128 = wide(128, layers=2)
