@@ -69,6 +69,15 @@ def is_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def require(what: str, marker: str, missing: list[str]) -> None:
+    """Skip the test when the machine lacks what ``what`` needs; under CI, fail it instead."""
+    if missing:
+        reason = f"{what} need{'' if what.endswith('s') else 's'} " + ", ".join(missing)
+        if is_ci():
+            pytest.fail(f"{reason} (CI is set: tests marked {marker} must run there)", pytrace=False)
+        pytest.skip(reason)
+
+
 @pytest.fixture(params=["inproc", "local"])
 def mode(request: pytest.FixtureRequest) -> str:
     """Run the test once with replicas as threads, once as local processes."""
@@ -95,12 +104,7 @@ def test_hosts_session():
 
     Skips (fails under CI) when the machine cannot make them.
     """
-    missing = missing_for_test_hosts()
-    if missing:
-        reason = "the sshd test hosts need " + ", ".join(missing)
-        if is_ci():
-            pytest.fail(reason + " (CI is set: tests marked hosts must run there)", pytrace=False)
-        pytest.skip(reason)
+    require("the sshd test hosts", "hosts", missing_for_test_hosts())
     directory = Path(tempfile.mkdtemp(prefix="flowgraph-testhosts-"))
     hosts = TestHosts(3, prefix="fgt", subnet="10.78.0", directory=directory / "hosts")
     hosts.script("down")  # what an interrupted session may have left
@@ -127,12 +131,7 @@ def test_slurm_session():
 
     Skips (fails under CI) when the machine cannot make it.
     """
-    missing = missing_for_test_slurm()
-    if missing:
-        reason = "the test Slurm cluster needs " + ", ".join(missing)
-        if is_ci():
-            pytest.fail(reason + " (CI is set: tests marked slurm must run there)", pytrace=False)
-        pytest.skip(reason)
+    require("the test Slurm cluster", "slurm", missing_for_test_slurm())
     directory = Path(tempfile.mkdtemp(prefix="flowgraph-testslurm-"))
     # Not the test hosts' prefix and subnet (fgt, 10.78.0), nor bin/testslurm's defaults (fgs, 10.76.0, 16827):
     # the suite can run beside both.

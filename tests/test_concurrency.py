@@ -396,7 +396,10 @@ def test_a_concurrent_class_node_checkpointed_often_keeps_its_state_exact(mode, 
 
     @topo.source
     def numbers():
-        yield from range(3000)
+        for n in range(3000):
+            if n % 50 == 0:
+                time.sleep(0.002)  # a run of over 0.1 s: checkpoints every 0.01 s complete in it
+            yield n
 
     class Sum:
         def setup(self):

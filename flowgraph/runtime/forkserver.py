@@ -16,7 +16,7 @@ ssh channel, or the Slurm step's), in frames of a length and a msgpack list:
   every replica's configuration), ``["spawn", replica, incarnation,
   config]`` (a pickled ``WorkerConfig`` without those parts; a replica that
   runs already is killed first), ``["kill", replica]``;
-- from it: ``["ready", pid, mode]``, ``["out", replica, incarnation, stream,
+- from it: ``["ready", pid]``, ``["out", replica, incarnation, stream,
   bytes]`` (stream 1 or 2, as the replica wrote it), ``["exit", replica,
   incarnation, status]`` (after its output; a negative status is the signal
   that killed it).
@@ -200,7 +200,7 @@ class Template:
         self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
 
     def serve(self) -> int:
-        self._send("ready", os.getpid(), "fork" if self._fork else "exec")
+        self._send("ready", os.getpid())
         frames = Frames()
         while True:
             for key, _ in self._selector.select(self._timeout()):
@@ -267,7 +267,7 @@ class Template:
             process = subprocess.Popen([sys.executable, "-u", "-m", "flowgraph", "worker"], stdin=lifeline_read,
                                        stdout=out_write, stderr=err_write)
             pid = process.pid
-            os.write(lifeline, encode_config(config))
+            _write_all(lifeline, encode_config(config))
         for fd in (lifeline_read, out_write, err_write):
             os.close(fd)
         child = _Child(replica, incarnation, pid, lifeline, {out_read: 1, err_read: 2}, process)
