@@ -214,7 +214,7 @@ def test_probe_failures_are_named_before_anything_starts(slurm, tmp_path):
     code, _, stderr = run_cli("run", str(write_topology(tmp_path, SLOW_TOPOLOGY)), "--slurm-args", THREE,
                               env={**slurm.env, "PATH": str(Path(sys.executable).parent)})
     assert code == 2
-    assert "the Slurm commands srun, squeue, scancel, salloc are not on PATH (install slurm-client)" in stderr
+    assert "the Slurm commands srun, squeue, scancel, scontrol, salloc are not on PATH (install slurm-client)" in stderr
 
 
 SURVIVOR_TOPOLOGY = """

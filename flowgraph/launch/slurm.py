@@ -50,7 +50,7 @@ from .remote import RemoteBackend
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("srun", "squeue", "scancel")
+COMMANDS = ("srun", "squeue", "scancel", "scontrol")
 _RELEASE_S = 10.0
 """How long ``salloc`` may take to release the allocation once its command ended, before it is cancelled."""
 
@@ -193,7 +193,8 @@ class _Holder:
                    sys.executable, "-c", _HOLD]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, start_new_session=True,
-                                         env={**os.environ, "SLURM_JOB_ID": "", "SLURM_JOBID": ""})
+                                         env={name: value for name, value in os.environ.items()
+                                              if name not in ("SLURM_JOB_ID", "SLURM_JOBID")})
         self._said: list[str] = []
         self._job_id = ""
         self._stderr = threading.Thread(target=self._read_stderr, name="flowgraph-salloc", daemon=True)
