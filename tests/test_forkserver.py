@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from flowgraph import Topology, context
+from flowgraph.runtime.bootstrap import LAUNCHER_GONE
 from flowgraph.runtime.config import WorkerConfig
 from flowgraph.runtime.forkserver import Frames, Shared, frame, referenced_modules
 from flowgraph.runtime.sockets import Wiring
@@ -153,6 +154,22 @@ def test_a_killed_replica_is_reported_killed_and_closing_stdin_kills_what_runs(t
     assert template.close() == 0
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+class _GivesUp:
+    """Loading it exits as a worker that gave the launcher up does."""
+
+    def __reduce__(self):
+        return (exec, (f"import os; os._exit({LAUNCHER_GONE})",))
+
+
+def test_a_template_whose_replicas_all_gave_the_launcher_up_gives_it_up_too(template):
+    template.next()
+    blob = cloudpickle.dumps(_GivesUp())
+    template.send("run", pickle.dumps(Shared(blob, {"n": blob})))
+    template.send("spawn", "n/0", 0, pickle.dumps(_config(b"")))
+    assert template.until("exit")[0] == ["exit", "n/0", 0, LAUNCHER_GONE]
+    assert template.process.wait(20) == 0  # its stdin still open: it gave up by itself
 
 
 def test_replicas_are_forks_of_one_template_per_host_named_in_ps(tmp_path):

@@ -30,8 +30,8 @@ from .security import start_authenticator
 
 _LENGTH = struct.Struct("!Q")
 LAUNCHER_GONE = 75
-"""The exit status of a worker that gave the launcher up (its stdin closed, or its heartbeats stopped):
-its forkserver then gives it up too, and ends its other replicas."""
+"""The exit status of a worker that gave the launcher up (its stdin closed, or its heartbeats stopped): once all
+its replicas have, its forkserver gives the launcher up too."""
 
 
 def encode_config(config: WorkerConfig) -> bytes:

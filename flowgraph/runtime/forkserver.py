@@ -24,7 +24,11 @@ ssh channel, or the Slurm step's), in frames of a length and a msgpack list:
 Each replica's stdin is a pipe only the template writes: its lifeline, as
 stdin is for a worker the launcher starts itself. When the launcher's end
 closes (the launcher died, ssh or the step ended), the template kills every
-replica with SIGKILL and exits.
+replica with SIGKILL and exits. When the launcher is there but silent (it
+is stopped, or cut off), the replicas give it up one by one (exit status
+``LAUNCHER_GONE``); once none runs and none is started for a while, the
+template gives it up too. One replica that gave up alone (it was stopped
+itself) is only restarted.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ from .config import WorkerConfig
 _LENGTH = struct.Struct("!I")
 _EXIT_WAIT_S = 1.0
 """How long an ended replica's output pipes may stay open (a child of it holds them) before its exit is reported."""
+_GONE_WAIT_S = 5.0
+"""How long the template waits, once its last replica gave the launcher up, for a replica to start before it
+gives the launcher up too (a launcher that is there restarts a lost replica at once)."""
 
 
 def frame(*message: Any) -> bytes:
@@ -190,8 +197,8 @@ class Template:
         self._current: dict[str, _Child] = {}
         self._shared: Shared | None = None
         self._fork = True
-        self._gone = False
-        """A replica gave the launcher up: so does the template."""
+        self._gone_at: float | None = None
+        """When its last running replica gave the launcher up (None: one runs, or ended otherwise)."""
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
         signal.set_wakeup_fd(self._wake_write)
@@ -215,7 +222,7 @@ class Template:
                 else:
                     self._forward(key.fd, key.data)
             self._reap()
-            if self._gone:
+            if self._gone_at is not None and time.monotonic() - self._gone_at > _GONE_WAIT_S:
                 return self._end()
 
     def _handle(self, message: list[Any]) -> None:
@@ -251,6 +258,7 @@ class Template:
 
     def _spawn(self, replica: str, incarnation: int, stripped: WorkerConfig) -> None:
         assert self._shared is not None, "the launcher sends the run before any replica"
+        self._gone_at = None
         old = self._current.get(replica)
         if old is not None and old.status is None:
             _kill(old.pid)
@@ -321,12 +329,15 @@ class Template:
         if self._current.get(child.replica) is child:
             del self._current[child.replica]
         self._send("exit", child.replica, child.incarnation, child.status)
-        if child.status == LAUNCHER_GONE:
-            self._gone = True
+        running = any(other.status is None for other in self._children.values())
+        if child.status == LAUNCHER_GONE and not running:
+            self._gone_at = time.monotonic()
 
     def _timeout(self) -> float | None:
-        waiting = [child.ended_at for child in self._children.values() if child.status is not None]
-        return max(0.0, min(waiting) + _EXIT_WAIT_S - time.monotonic()) + 0.01 if waiting else None
+        deadlines = [child.ended_at + _EXIT_WAIT_S for child in self._children.values() if child.status is not None]
+        if self._gone_at is not None:
+            deadlines.append(self._gone_at + _GONE_WAIT_S)
+        return max(0.0, min(deadlines) - time.monotonic()) + 0.01 if deadlines else None
 
     def _end(self) -> int:
         """The launcher's end closed: kill every replica, report them if it still listens, exit."""
