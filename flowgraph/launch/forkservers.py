@@ -16,11 +16,14 @@ import queue
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..runtime.config import WorkerConfig
 from ..runtime.forkserver import Frames, Shared, frame
 from .output import OutputForwarder
+
+if TYPE_CHECKING:
+    from .processes import Transport  # processes.py imports this module
 
 Listener = Callable[["Forkserver", list[Any]], None]
 """Gets every message of a template (``out``, ``exit``, ...) and, when its process ended, ``["ended", status]``."""
@@ -29,10 +32,11 @@ Listener = Callable[["Forkserver", list[Any]], None]
 class Forkserver:
     """One template process: ``spawn`` and ``kill`` replicas; its messages go to ``listener`` from a thread."""
 
-    def __init__(self, host: str, command: list[str], shared: Shared, output: OutputForwarder,
+    def __init__(self, host: str, transport: Transport, shared: Shared, output: OutputForwarder,
                  listener: Listener) -> None:
         self.host = host
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.transport = transport
+        self.process = subprocess.Popen(transport.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                         start_new_session=True)
         self._shared = shared

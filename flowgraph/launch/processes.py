@@ -53,7 +53,6 @@ class WorkerProcesses:
 
     def __init__(self) -> None:
         self._servers: dict[str, Forkserver] = {}
-        self._transports: dict[str, Transport] = {}
         self._replicas: dict[str, _Replica] = {}
         self._exits: list[Exit] = []
         self._changed = threading.Condition()
@@ -72,9 +71,8 @@ class WorkerProcesses:
                 self._servers[old.host].kill(replica_id)
             server = self._servers.get(host)
             if server is None or server.process.poll() is not None:
-                server = Forkserver(host, transport.command, shared, self._output, self._hear)
+                server = Forkserver(host, transport, shared, self._output, self._hear)
                 self._servers[host] = server
-                self._transports[host] = transport
             self._replicas[replica_id] = _Replica(host, incarnation)
             self._output.open(replica_id, label)
         server.spawn(replica_id, incarnation, config)
@@ -103,7 +101,7 @@ class WorkerProcesses:
 
     def _server_ended(self, server: Forkserver, status: int) -> None:
         """A template's command ended: every replica it still ran ended with it."""
-        transport = self._transports[server.host]
+        transport = server.transport
         running = [replica_id for replica_id, replica in self._replicas.items()
                    if not replica.ended and self._servers.get(replica.host) is server]
         if not running:

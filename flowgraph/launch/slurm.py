@@ -105,8 +105,11 @@ class Allocation:
         return ",".join(host.name for host in self.hosts)
 
 
-def missing_commands() -> list[str]:
-    return [command for command in COMMANDS if shutil.which(command) is None]
+def require_commands(*commands: str) -> None:
+    """``HostError`` naming the Slurm commands (``COMMANDS`` and ``commands``) that are not on PATH."""
+    missing = [command for command in (*COMMANDS, *commands) if shutil.which(command) is None]
+    if missing:
+        raise HostError(f"the Slurm commands {', '.join(missing)} are not on PATH (install slurm-client)")
 
 
 def expand_cpus(text: str) -> list[int]:
@@ -134,9 +137,7 @@ def allocation_of(environment: Mapping[str, str]) -> Allocation:
     if not job_id:
         raise HostError("--slurm runs inside a Slurm allocation (sbatch, salloc: SLURM_JOB_ID is not set); "
                         'outside one, give --slurm-args "-N 3 ..." to ask for an allocation')
-    missing = missing_commands()
-    if missing:
-        raise HostError(f"the Slurm commands {', '.join(missing)} are not on PATH (install slurm-client)")
+    require_commands()
     names = expand_nodelist(environment.get("SLURM_JOB_NODELIST", ""))
     cpus = expand_cpus(environment.get("SLURM_JOB_CPUS_PER_NODE", ""))
     if not names or len(cpus) != len(names):
@@ -175,11 +176,7 @@ def allocated(settings: SlurmSettings, name: str) -> Iterator[Allocation]:
             raise HostError(reason)
         yield allocation
         return
-    missing = missing_commands()
-    if shutil.which("salloc") is None:
-        missing.append("salloc")
-    if missing:
-        raise HostError(f"the Slurm commands {', '.join(missing)} are not on PATH (install slurm-client)")
+    require_commands("salloc")
     with _Holder(settings.args, name) as holder:
         yield holder.allocation
 

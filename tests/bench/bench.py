@@ -244,6 +244,15 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             results[key] = round(value, digits) if digits else round(value)
         return value
 
+    def beside_local(name: str, options: list[str]) -> None:
+        """Small dicts with ``options`` (over hosts, over Slurm) and locally, in turns."""
+        rates = side_by_side({
+            name: (lambda n: flowgraph("small_dicts", *options, count=n), small, big),
+            "local": (lambda n: flowgraph("small_dicts", count=n), small, big),
+        }, repeat)
+        record(f"{name}_flowgraph_items_per_s", rates[name])
+        record(f"{name}_ratio_to_local", rates[name] / rates["local"], 2)
+
     # Small dicts through source -> map -> sink.
     rates = side_by_side({
         "local": (lambda n: flowgraph("small_dicts", count=n), small, big),
@@ -390,22 +399,12 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         record("slurm_48_replicas_first_item_s", first, 3)
         record("slurm_48_replicas_whole_run_s", whole, 3)
         record("local_48_replicas_first_item_s", local_first, 3)
-        rates = side_by_side({
-            "slurm": (lambda n: flowgraph("small_dicts", *slurm, count=n), small, big),
-            "local": (lambda n: flowgraph("small_dicts", count=n), small, big),
-        }, repeat)
-        record("slurm_flowgraph_items_per_s", rates["slurm"])
-        record("slurm_ratio_to_local", rates["slurm"] / rates["local"], 2)
+        beside_local("slurm", slurm)
 
     if args.hosts:
         remote = ["--hosts", args.hosts, "--remote-python", sys.executable,
                   *(["--ssh-config", args.ssh_config] if args.ssh_config else [])]
-        rates = side_by_side({
-            "hosts": (lambda n: flowgraph("small_dicts", *remote, count=n), small, big),
-            "local": (lambda n: flowgraph("small_dicts", count=n), small, big),
-        }, repeat)
-        record("hosts_flowgraph_items_per_s", rates["hosts"])
-        record("hosts_ratio_to_local", rates["hosts"] / rates["local"], 2)
+        beside_local("hosts", remote)
         six_local = min((flowgraph("six_replicas") for _ in range(repeat)), key=lambda r: r.seconds)
         six_hosts = min((flowgraph("six_replicas", *remote) for _ in range(repeat)), key=lambda r: r.seconds)
         record("local_six_replicas_startup_s", six_local.startup_s or 0.0, 3)
